@@ -1,0 +1,35 @@
+"""Every failure that means something has its own type (STYLE.md 9).
+
+Each one is a ValueError or RuntimeError subclass, so callers that only know the builtin types still catch them,
+and each message names the file, field or value and says how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class GpnasError(Exception):
+    """Base of gpnas' own errors: the CLI prints these as one paragraph, without a traceback."""
+
+
+class SpecError(GpnasError, ValueError):
+    """An architecture spec (or its YAML/JSON file) is invalid."""
+
+
+class ConfigError(GpnasError, ValueError):
+    """A search configuration (or an override) is invalid."""
+
+
+class DataError(GpnasError, ValueError):
+    """A dataset, annotation file or detection list is missing or malformed."""
+
+
+class InfeasibleCandidate(GpnasError):
+    """A candidate violates a constraint on its cheap objectives; it is recorded, not trained."""
+
+
+class TrainingDiverged(GpnasError, RuntimeError):
+    """The loss became NaN or inf during proxy training."""
+
+
+class OutOfMemory(GpnasError, RuntimeError):
+    """A candidate did not fit in device memory."""
