@@ -68,6 +68,105 @@ def describe(
     _print_describe(info)
 
 
+@app.command()
+def train(
+    arch: Annotated[str, typer.Argument(help="Preset name or spec YAML file.")],
+    data: Annotated[str, typer.Option(help="'digits' (bundled) or a COCO annotation JSON.")] = "digits",
+    images: Annotated[str | None, typer.Option(help="Images folder for a COCO --data file.")] = None,
+    val_data: Annotated[str | None, typer.Option(help="Val annotation JSON (default: --data).")] = None,
+    val_images: Annotated[str | None, typer.Option(help="Val images folder (default: --images).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epoch budget.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Time budget (default 90 s if no budget given).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Step budget.")] = None,
+    img: Annotated[int | None, typer.Option(help="Training size (default: the spec's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    save: Annotated[Path | None, typer.Option(help="Write the trained (EMA) weights here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Proxy-train one architecture and report COCO AP, AP50, training seconds and images/s."""
+    from experiments.inspect import resolve_arch
+    from experiments.train_one import train_candidate
+
+    out = train_candidate(
+        resolve_arch(arch), data=data, images=images, val_data=val_data, val_images=val_images, epochs=epochs,
+        seconds=seconds, steps=steps, img=img, device=device, seed=seed, progress=not as_json, save=save,
+    )
+    if as_json:
+        _print_json(out)
+        return
+    table = Table(show_header=False, title=f"proxy training of {out['name'] or out['arch_id']} on {out['data']}")
+    for key in ("ap", "ap50", "ap75", "train_seconds", "images_per_second", "epochs", "steps"):
+        value = out.get(key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command()
+def search(
+    config: Annotated[str, typer.Option("--config", "-c", help="Search YAML (or a packaged name: demo, ...).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.seconds=30.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: SQLite in the folder).")]
+    = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Record in the study only.")] = False,
+) -> None:
+    """Run a search: Ray Tune + Optuna over the space, results in the study and MLflow."""
+    from experiments.config import load_config
+    from experiments.search_api import start_search
+
+    extra = list(overrides or [])
+    if address:
+        extra.append(f"ray_address={address}")
+    if tracking_uri:
+        extra.append(f"storage.tracking_uri={tracking_uri}")
+    start_search(load_config(config, extra), console=console, mlflow=not no_mlflow)
+
+
+@app.command()
+def resume(
+    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Record in the study only.")] = False,
+) -> None:
+    """Continue a stopped or killed search: exactly the remaining budget runs."""
+    from experiments.search_api import resume_search
+
+    resume_search(search, root=root, address=address, console=console, mlflow=not no_mlflow)
+
+
+@app.command()
+def status(
+    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Trial counts by state and the Pareto trials of a search (read from its study)."""
+    from experiments.study import open_search, search_status
+
+    folder, cfg = open_search(search, root)
+    info = search_status(folder, cfg)
+    if as_json:
+        _print_json(info)
+        return
+    table = Table("state", "trials", title=f"search {info['name']}: {info['finished']}/{info['total']} finished")
+    for state, n in info["trials"].items():
+        table.add_row(state, str(n))
+    console.print(table)
+    console.print(f"Pareto trials: {info['pareto']}")
+
+
+@app.command()
+def demo(
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+) -> None:
+    """Run (or finish) the default CPU search and print its Pareto front and how to open it in MLflow."""
+    from experiments.search_api import run_demo
+
+    run_demo(root=root, console=console)
+
+
 def _print_describe(info: dict[str, Any]) -> None:
     table = Table(show_header=False, title=f"{info['name'] or 'architecture'} ({info['arch_id']})")
     for key in ("head", "params", "params_fused", "gflops", "gflops_640", "img", "num_classes"):

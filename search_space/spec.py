@@ -301,7 +301,7 @@ def load_spec(path: str | Path) -> ArchSpec:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{where}; fix the file or export a fresh one with --export-spec") from None
+        raise SpecError(f"{path}: not valid YAML{where}; fix the file or export one with --export-spec") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a text file; a spec is a YAML mapping of genes") from None
     if not isinstance(data, dict):

@@ -1,0 +1,60 @@
+"""Library side of `gpnas train`: proxy-train one architecture on a dataset and score it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from search_space.errors import ConfigError
+from search_space.spec import ArchSpec
+
+
+def train_candidate(
+    spec: ArchSpec,
+    *,
+    data: str = "digits",
+    images: str | None = None,
+    val_data: str | None = None,
+    val_images: str | None = None,
+    epochs: int | None = None,
+    seconds: float | None = None,
+    steps: int | None = None,
+    img: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    save: Path | None = None,
+    **train_overrides: Any,
+) -> dict[str, Any]:
+    """Train ``spec`` with a budget (default 90 s) and return ap, ap50, …, train_seconds, images_per_second."""
+    import torch
+
+    from search_space.builder import build_detector
+    from trainers.callbacks import ProgressBar
+    from trainers.datasets import ProxyData
+    from trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
+
+    img = img or spec.img_size
+    if img != spec.img_size:
+        spec = spec.replace(img_size=img)
+    if data == "digits":
+        proxy = ProxyData.digits(img_size=img, seed=0)
+    else:
+        if not images:
+            raise ConfigError(f"--data {data}: a COCO annotation file needs --images DIR")
+        proxy = ProxyData.coco(data, images, val_data or data, val_images or images, img_size=img)
+    if proxy.num_classes != spec.num_classes:
+        spec = spec.replace(num_classes=proxy.num_classes)
+    if epochs is None and seconds is None and steps is None:
+        seconds = 90.0
+    budget = TrainBudget(epochs=epochs, steps=steps, seconds=seconds)
+    callbacks = [ProgressBar(total_seconds=seconds, total_steps=steps)] if progress else []
+    config = TrainConfig(device=device, seed=seed, **train_overrides)
+    model = build_detector(spec)
+    fit = ProxyTrainer(config, callbacks).fit(model, proxy, budget)
+    if save is not None and fit.model is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(fit.model.state_dict(), save)
+    out = {"arch_id": spec.arch_id, "name": spec.name, "data": proxy.name, **fit.to_dict()}
+    out.update({k: v for k, v in fit.metrics.items() if k not in ("epoch", "step")})
+    return out

@@ -1,0 +1,77 @@
+"""Callback hooks of the proxy trainer: every hook is a no-op unless a subclass overrides it (STYLE.md 7)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainers.proxy import FitResult, ProxyTrainer
+
+
+class Callback:
+    """Override what you need. Set ``trainer.should_stop = True`` to end training after this epoch."""
+
+    def on_fit_start(self, trainer: ProxyTrainer) -> None:
+        """Before the first step."""
+
+    def on_step_end(self, trainer: ProxyTrainer, losses: dict[str, float]) -> None:
+        """After each optimiser step; ``losses`` holds per-image box, obj, cls, total."""
+
+    def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
+        """After each evaluated epoch: ap, ap50, ap75, …, epoch, step."""
+
+    def on_fit_end(self, trainer: ProxyTrainer, result: FitResult) -> None:
+        """After training, with the final result."""
+
+
+class EarlyStopping(Callback):
+    """Stop when ``metric`` has not improved for ``patience`` evaluations."""
+
+    def __init__(self, metric: str = "ap", patience: int = 3) -> None:
+        self.metric, self.patience = metric, patience
+        self.best, self.bad = float("-inf"), 0
+
+    def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.metric, float("-inf"))
+        if value > self.best:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+            trainer.should_stop = self.bad >= self.patience
+
+
+class ProgressBar(Callback):
+    """A rich progress line: epoch, step, loss, last AP, images/s."""
+
+    def __init__(self, total_seconds: float | None = None, total_steps: int | None = None) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            transient=False,
+        )
+        self.total_seconds, self.total_steps = total_seconds, total_steps
+        self.task: Any = None
+        self.start = 0.0
+        self.last_ap = float("nan")
+        self.loss = float("nan")
+
+    def on_fit_start(self, trainer: ProxyTrainer) -> None:
+        self.progress.start()
+        total = self.total_steps if self.total_steps else (self.total_seconds or 100.0)
+        self.task = self.progress.add_task("", total=total)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, trainer: ProxyTrainer, losses: dict[str, float]) -> None:
+        self.loss = losses.get("total", float("nan"))
+        done = trainer.step if self.total_steps else time.perf_counter() - self.start
+        desc = f"epoch {trainer.epoch + 1} step {trainer.step} loss {self.loss:.4f} AP {self.last_ap:.3f}"
+        self.progress.update(self.task, completed=done, description=desc)
+
+    def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
+        self.last_ap = metrics.get("ap", float("nan"))
+
+    def on_fit_end(self, trainer: ProxyTrainer, result: FitResult) -> None:
+        self.progress.update(self.task, completed=self.progress.tasks[0].total)
+        self.progress.stop()

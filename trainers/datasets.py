@@ -1,0 +1,80 @@
+"""ProxyData: the train/val pair a proxy training uses, with the val evaluator (the bundled digits set or any
+COCO-format dataset)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from objectives.accuracy import CocoEvaluator
+from trainers.data import CocoDetection, build_digits_dataset, make_loader
+from trainers.postprocess import non_max_suppression
+
+
+@dataclass
+class ProxyData:
+    """Train and val datasets at one square size, and a COCO evaluator over the val ground truth."""
+
+    train: CocoDetection
+    val: CocoDetection
+    img_size: int
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @classmethod
+    def digits(
+        cls, *, img_size: int = 160, seed: int = 0, n_train: int = 2000, n_val: int = 300, root: Path | None = None,
+        augment: bool = True,
+    ) -> ProxyData:
+        """The bundled offline digits set (built once into the cache folder)."""
+        paths = build_digits_dataset(root, seed=seed, img_size=160, n_train=n_train, n_val=n_val)
+        return cls.coco(paths.train_ann, paths.train_images, paths.val_ann, paths.val_images,
+                        img_size=img_size, augment=augment, name=f"digits-s{seed}-{n_train}")
+
+    @classmethod
+    def coco(
+        cls, train_ann: Path | str, train_images: Path | str, val_ann: Path | str, val_images: Path | str, *,
+        img_size: int, augment: bool = True, name: str | None = None,
+    ) -> ProxyData:
+        """Any COCO-format pair (COCO 2017 included); val uses the train split's category ids."""
+        train = CocoDetection(train_images, train_ann, img_size=img_size, augment=augment)
+        val = CocoDetection(val_images, val_ann, img_size=img_size, augment=False, category_ids=train.category_ids)
+        return cls(train=train, val=val, img_size=img_size, name=name or Path(train_ann).stem)
+
+    def train_loader(self, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+        return make_loader(self.train, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True)
+
+    def box_sizes(self) -> np.ndarray:
+        """Training box (w, h) in pixels of the letterboxed images: ndarray[N, 2] (for anchor fitting)."""
+        rows = [self.train[i][1][:, 3:5].numpy() for i in range(len(self.train))]
+        return np.concatenate(rows) * self.img_size if rows else np.zeros((0, 2))
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, *, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 100,
+        device: torch.device | str = "cpu", batch_size: int = 64,
+    ) -> dict[str, float]:
+        """COCO box AP of ``model`` on the val split (letterbox -> decode -> NMS -> original pixels)."""
+        was_training = model.training
+        model.eval()
+        evaluator = CocoEvaluator(self.val.coco, max_dets=max_det, category_ids=self.val.category_ids)
+        loader = make_loader(self.val, batch_size=batch_size, shuffle=False, seed=0)
+        for imgs, _, metas in loader:
+            out = model(imgs.to(device))
+            preds = model.decode(out)  # type: ignore[operator]
+            dets = non_max_suppression(preds, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
+            batch = []
+            for det, meta in zip(dets, metas, strict=True):
+                det = det.cpu()
+                det[:, :4] = meta.to_original(det[:, :4])
+                batch.append((meta.image_id, det))
+            evaluator.process(batch)
+        model.train(was_training)
+        return evaluator.evaluate()
