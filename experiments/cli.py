@@ -167,6 +167,119 @@ def demo(
     run_demo(root=root, console=console)
 
 
+@app.command()
+def pareto(
+    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The current Pareto front of a search (feasible complete trials)."""
+    from experiments.study import open_search
+    from results.export import pareto_rows
+
+    folder, cfg = open_search(search, root)
+    rows = pareto_rows(folder, cfg)
+    if as_json:
+        _print_json(rows)
+        return
+    cols = ("trial", "arch_id", "ap", "ap50", "gflops", "latency_ms", "run_id")
+    table = Table(*cols, title=f"Pareto front of {cfg.name}")
+    for r in rows:
+        lat = r["latency_ms"]
+        table.add_row(str(r["trial_id"]), str(r["arch_id"]), f"{r['ap']:.4f}", f"{r['ap50']:.4f}",
+                      f"{r['gflops']:.4f}", "-" if lat is None else f"{lat:.3f}", str(r["run_id"] or "-"))
+    console.print(table)
+
+
+@app.command()
+def export(
+    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    pick: Annotated[str, typer.Option(help="pareto | knee | best-ap | fastest | a condition like 'latency_ms<5'.")]
+    = "pareto",
+    out: Annotated[Path, typer.Option(help="Folder for the spec YAMLs and manifest.json.")] = Path("exported"),
+    weights: Annotated[bool, typer.Option("--weights", help="Also copy the proxy-trained weights.")] = False,
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+) -> None:
+    """Write the chosen architectures as spec YAMLs (they rebuild the measured models) plus a manifest."""
+    from experiments.study import open_search
+    from results.export import export as export_archs
+
+    folder, cfg = open_search(search, root)
+    manifest = export_archs(folder, cfg, pick, out, weights=weights)
+    for entry in manifest["architectures"]:
+        console.print(f"  {out / entry['spec']}  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
+                      f"gflops {entry['gflops']:.4f}")
+    console.print(f"wrote {len(manifest['architectures'])} architectures and {out / 'manifest.json'}")
+
+
+@app.command()
+def sync(
+    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the search's).")] = None,
+) -> None:
+    """Backfill MLflow from the study (after a tracking outage) and re-tag the Pareto front."""
+    from experiments.config import load_config
+    from experiments.study import load_study, open_search, records
+    from results.tracking import MlflowTracker
+
+    folder, cfg = open_search(search, root)
+    if tracking_uri:
+        cfg = load_config(folder / "config.yaml", [f"storage.tracking_uri={tracking_uri}",
+                                                   f"storage.root={folder.parent}"])
+    tracker = MlflowTracker.connect(cfg)
+    tracker.start_search(cfg, folder)
+    logged = tracker.sync(cfg, folder)
+    tracker.finish_search(cfg, folder, records(load_study(folder, cfg.name)))
+    console.print(f"logged {logged} missing trial runs; Pareto tags updated. {tracker.how_to_open()}")
+
+
+@app.command()
+def ui(
+    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Serve the MLflow UI for a search's local store on 127.0.0.1."""
+    from experiments.study import open_search
+    from results.tracking import serve_ui
+
+    folder, _ = open_search(search, root)
+    raise typer.Exit(serve_ui(folder, port))
+
+
+@app.command()
+def latency(
+    arch: Annotated[str, typer.Argument(help="Preset name or spec YAML file.")],
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    img: Annotated[int | None, typer.Option(help="Input size (default: the spec's).")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32, fp16 (CUDA) or bf16.")] = "fp32",
+    repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Warm-up iterations.")] = 10,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measured latency of the fused model under a declared protocol."""
+    from experiments.inspect import resolve_arch
+    from objectives.latency import LatencyProtocol, measure_latency
+    from search_space.builder import build_detector
+
+    spec = resolve_arch(arch)
+    protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or spec.img_size,  # type: ignore[arg-type]
+                               repeats=repeats, warmup=warmup, threads=threads)
+    result = measure_latency(build_detector(spec), protocol).to_dict()
+    if as_json:
+        _print_json({"arch_id": spec.arch_id, "name": spec.name, **result})
+        return
+    table = Table(show_header=False, title=f"latency of {spec.name or spec.arch_id}")
+    for key in ("median_ms", "iqr_ms", "cv", "device_name"):
+        value = result[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    table.add_row("protocol", json.dumps(result["protocol"]))
+    console.print(table)
+
+
 def _print_describe(info: dict[str, Any]) -> None:
     table = Table(show_header=False, title=f"{info['name'] or 'architecture'} ({info['arch_id']})")
     for key in ("head", "params", "params_fused", "gflops", "gflops_640", "img", "num_classes"):

@@ -200,16 +200,20 @@ class Recorder:
         self.running.pop(trial_id, None)
         tr = self._parse(ot_trial, result, error)
         constraints = constraint_values(self.cfg, tr.metrics) if tr.state in ("complete", "infeasible") else {}
-        st.tell_result(study, ot_trial, tr, self.cfg.objectives, constraints)
         self._write_trial_folder(ot_trial.number, tr)
+        if self.tracker is not None:  # before tell: the run id can only be stored while the trial is open
+            rec = st.TrialRecord(number=ot_trial.number, state=tr.state, reason=tr.reason, arch_id=tr.arch_id,
+                                 values=None, result=tr, mlflow_run_id=None, params=dict(ot_trial.params))
+            run_id = self.tracker.log_trial_safe(rec)
+            if run_id:
+                ot_trial.set_user_attr("mlflow_run_id", run_id)
+        st.tell_result(study, ot_trial, tr, self.cfg.objectives, constraints)
         if tr.state in ("complete", "infeasible"):
             self.by_arch.setdefault(tr.arch_id, tr)
         self.ended.append(tr)
         if tr.state == "complete" and "ap" in tr.metrics:
             ap = tr.metrics["ap"]
             self.best_ap = ap if self.best_ap != self.best_ap else max(self.best_ap, ap)
-        if self.tracker is not None:
-            self.tracker.log_trial_safe(study, ot_trial.number)
         self._say(ot_trial.number, tr)
 
     def _parse(self, ot_trial: Any, result: dict[str, Any] | None, error: bool) -> TrialResult:

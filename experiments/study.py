@@ -151,15 +151,10 @@ def open_search(name_or_dir: str | Path, root: str | Path = "runs") -> tuple[Pat
 
 def search_status(folder: Path, cfg: Any) -> dict[str, Any]:
     """Counts by state, the budget, and the Pareto trial numbers (feasible complete trials only)."""
-    import numpy as np
-
-    from results.pareto import pareto_mask
+    from results.front import front_summary
 
     recs = records(load_study(folder, cfg.name))
-    done = [r for r in recs if r.state == "complete" and r.values is not None]
-    front: list[int] = []
-    if done:
-        values = np.array([r.values for r in done], dtype=float)
-        front = [r.number for r, m in zip(done, pareto_mask(values, cfg.directions()), strict=True) if m]
+    summary = front_summary(recs, cfg)
     return {"name": cfg.name, "folder": str(folder), "total": cfg.budget.num_trials, "finished": finished(recs),
-            "trials": counts(recs), "pareto": front, "objectives": list(cfg.objectives)}
+            "trials": counts(recs), "pareto": summary.front, "knee": summary.knee,
+            "hypervolume": summary.hypervolume, "objectives": list(cfg.objectives)}

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_space.errors import GpnasError
+
 try:  # POSIX only; without it the CPU lock degrades to a no-op (see latency_lock).
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX platforms
@@ -60,11 +62,11 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 _CUDA_WARMUP_SECONDS = 2.0
 
 
-class LatencyProtocolError(ValueError):
+class LatencyProtocolError(GpnasError, ValueError):
     """A latency protocol field has a value that is not allowed."""
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(GpnasError, RuntimeError):
     """The protocol asks for a device this machine does not have."""
 
 

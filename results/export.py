@@ -1,0 +1,109 @@
+"""Export chosen architectures of a search: one spec YAML each (it rebuilds exactly the measured model), a
+manifest with their metrics and provenance, and, when asked, the proxy-trained weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from experiments import study as st
+from results.front import competing, front_summary
+from search_space.errors import ConfigError
+
+PICKS = ("pareto", "knee", "best-ap", "fastest")
+_CONDITION = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
+
+
+def _row(rec: st.TrialRecord) -> dict[str, Any]:
+    m = rec.result.metrics if rec.result else {}
+    latency = m.get("latency_ms")
+    return {"trial_id": rec.number, "arch_id": rec.arch_id, "ap": m.get("ap", math.nan),
+            "ap50": m.get("ap50", math.nan), "gflops": m.get("gflops", math.nan),
+            "params_m": m.get("params_m", math.nan), "latency_ms": latency, "run_id": rec.mlflow_run_id}
+
+
+def pareto_rows(folder: Path, cfg: Any) -> list[dict[str, Any]]:
+    """The current front as rows (trial_id, arch_id, ap, gflops, latency_ms, run_id), best AP first."""
+    recs = st.records(st.load_study(folder, cfg.name))
+    front = set(front_summary(recs, cfg).front)
+    rows = [_row(r) for r in recs if r.number in front]
+    return sorted(rows, key=lambda r: -r["ap"])
+
+
+def pick_records(recs: list[st.TrialRecord], cfg: Any, pick: str) -> list[st.TrialRecord]:
+    """``pareto`` (the front), ``knee``, ``best-ap``, ``fastest`` (lowest latency, else GFLOPs), or a condition
+    such as ``latency_ms<5`` / ``gflops<=0.1`` / ``ap>0.3``, which keeps the front members that satisfy it."""
+    done = competing(recs, list(cfg.objectives))
+    if not done:
+        raise ConfigError("this search has no complete trial to export yet")
+    summary = front_summary(recs, cfg)
+    front = [r for r in done if r.number in summary.front]
+    if pick == "pareto":
+        return front
+    if pick == "knee":
+        return [r for r in done if r.number == summary.knee]
+    if pick == "best-ap":
+        return [max(done, key=lambda r: r.metric("ap"))]
+    if pick == "fastest":
+        key = "latency_ms" if all(math.isfinite(r.metric("latency_ms")) for r in done) else "gflops"
+        return [min(done, key=lambda r: r.metric(key))]
+    match = _CONDITION.match(pick)
+    if not match:
+        raise ConfigError(f"--pick {pick!r}: use one of {', '.join(PICKS)} or a condition like 'latency_ms<5'")
+    metric, op, raw = match.groups()
+    if not any(metric in (r.result.metrics if r.result else {}) for r in done):
+        raise ConfigError(f"--pick {pick!r}: no trial has the metric '{metric}' (try ap, gflops, latency_ms)")
+    limit = float(raw)
+    ops = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__, "==": float.__eq__}
+    chosen = [r for r in front if ops[op](r.metric(metric), limit)]
+    if not chosen:
+        raise ConfigError(f"--pick {pick!r}: no Pareto trial satisfies it (front: "
+                          f"{[round(r.metric(metric), 4) for r in front]})")
+    return chosen
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("gradpath-nas", "torch", "optuna", "ray", "mlflow", "fvcore", "pycocotools"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def export(folder: Path, cfg: Any, pick: str, out: Path, *, weights: bool = False) -> dict[str, Any]:
+    """Write ``<out>/<arch_id>.yaml`` per chosen trial, ``manifest.json``, and ``<arch_id>.pt`` if asked."""
+    recs = st.records(st.load_study(folder, cfg.name))
+    chosen = pick_records(recs, cfg, pick)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for rec in chosen:
+        trial_dir = folder / "trials" / f"{rec.number:04d}"
+        spec_src = trial_dir / "spec.yaml"
+        if not spec_src.is_file():
+            raise ConfigError(f"{spec_src} is missing; the search folder is incomplete (was it moved?)")
+        spec_path = out / f"{rec.arch_id}.yaml"
+        shutil.copyfile(spec_src, spec_path)
+        entry: dict[str, Any] = {"spec": spec_path.name, **_row(rec), "metrics": rec.result.metrics if rec.result
+                                 else {}, "latency_protocol": (rec.result.latency or {}).get("protocol")
+                                 if rec.result else None}
+        if weights:
+            src = Path(rec.result.weights_path) if rec.result and rec.result.weights_path else None
+            if src is None or not src.is_file():
+                raise ConfigError(f"trial {rec.number} has no saved weights ({src}); re-run it with weights saved")
+            dst = out / f"{rec.arch_id}.pt"
+            shutil.copyfile(src, dst)
+            entry["weights"] = dst.name
+        entries.append(entry)
+    manifest = {"search": cfg.name, "folder": str(folder), "pick": pick, "objectives": list(cfg.objectives),
+                "data": cfg.data.model_dump(), "train": cfg.train.model_dump(), "latency": cfg.latency.model_dump(),
+                "versions": _versions(), "architectures": entries}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest

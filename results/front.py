@@ -1,0 +1,50 @@
+"""The Pareto view of a search's records: front, ranks, reference point and hypervolume history.
+
+Only complete, feasible trials compete (infeasible ones were never trained; pruned and failed have no final
+values). The hypervolume reference is ``results.pareto.reference_point`` (AP 0; the constraint bound, or 1.1 ×
+the worst observed value, for minimised objectives) and is logged with the figures it produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from experiments.study import TrialRecord
+from results.pareto import hypervolume, hypervolume_history, knee_point, non_dominated_sort, reference_point
+
+
+@dataclass
+class FrontSummary:
+    front: list[int] = field(default_factory=list)  # trial numbers on the front
+    ranks: dict[int, int] = field(default_factory=dict)  # trial number -> non-dominated rank
+    reference: list[float] = field(default_factory=list)
+    hypervolume: float = 0.0
+    hypervolume_history: list[float] = field(default_factory=list)
+    knee: int | None = None  # trial number
+
+
+def competing(recs: list[TrialRecord], objectives: tuple[str, ...] | list[str]) -> list[TrialRecord]:
+    return [r for r in recs if r.state == "complete" and r.result is not None
+            and all(np.isfinite(r.metric(o)) for o in objectives)]
+
+
+def front_summary(recs: list[TrialRecord], cfg: Any) -> FrontSummary:
+    objectives, directions = list(cfg.objectives), cfg.directions()
+    done = sorted(competing(recs, objectives), key=lambda r: r.number)
+    if not done:
+        return FrontSummary()
+    values = np.array([[r.metric(o) for o in objectives] for r in done], dtype=float)
+    ranks = non_dominated_sort(values, directions)
+    constraints = cfg.constraints.model_dump() if hasattr(cfg, "constraints") else None
+    ref = reference_point(values, directions, objectives, constraints)
+    return FrontSummary(
+        front=[r.number for r, k in zip(done, ranks, strict=True) if k == 0],
+        ranks={r.number: int(k) for r, k in zip(done, ranks, strict=True)},
+        reference=[float(x) for x in ref],
+        hypervolume=float(hypervolume(values, directions, ref)),
+        hypervolume_history=[float(h) for h in hypervolume_history(values, directions, ref)],
+        knee=done[knee_point(values, directions)].number,
+    )

@@ -1,0 +1,265 @@
+"""MLflow layout of a search (the only module that imports mlflow).
+
+One experiment per search name; one parent run per search (config as params and artifact, hypervolume history,
+trial counts by state, the report); one child run per trial, linked by ``mlflow.parentRunId`` (params = genes +
+arch_id; metrics = ap, ap50, gflops, params, latency_ms, per-epoch AP as steps, the ``gp_`` aggregates; tags =
+state, failure reason, ``is_pareto``, ``pareto_rank``; artifacts = spec YAML, per-layer gradient-path CSV,
+latency protocol JSON).
+
+The Optuna study is the source of truth: MLflow is written from it, a trial's run id is stored back in the
+study, and ``sync`` backfills whatever MLflow missed (server down mid-search), idempotently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from experiments import study as st
+from experiments.config import SearchConfig
+from search_space.errors import ConfigError
+
+TRIAL_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops", "gflops_640", "params",
+                 "params_m", "params_fused", "latency_ms", "latency_iqr_ms", "latency_cv", "train_seconds",
+                 "images_per_second", "epochs")
+RUN_STATUS = {"complete": "FINISHED", "infeasible": "FINISHED", "pruned": "KILLED", "failed": "FAILED",
+              "interrupted": "FAILED"}
+
+
+def default_tracking_uri(folder: Path) -> str:
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+class MlflowTracker:
+    """Writes a search to MLflow through ``MlflowClient`` (no fluent active-run state, safe next to Tune)."""
+
+    def __init__(self, uri: str, folder: Path) -> None:
+        import mlflow  # noqa: F401  (fail here, clearly, if missing)
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.folder = folder
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self._warned = False
+
+    # ------------------------------------------------------------------------------------------- set-up
+    @classmethod
+    def connect(cls, cfg: SearchConfig) -> MlflowTracker:
+        """Check the store is reachable before anything is trained; a clear error if not."""
+        folder = cfg.search_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        uri = cfg.storage.tracking_uri or default_tracking_uri(folder)
+        tracker = cls(uri, folder)
+        if uri.startswith(("http://", "https://")):
+            tracker.check_reachable()
+        return tracker
+
+    def check_reachable(self) -> None:
+        import requests
+
+        try:
+            requests.get(self.uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=5)
+        except requests.RequestException as err:
+            raise ConfigError(
+                f"MLflow tracking server {self.uri} is unreachable ({type(err).__name__}); start it, fix "
+                "--tracking-uri, or run with --no-mlflow (the study keeps every result; `gpnas sync` logs later)"
+            ) from None
+
+    def _experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (self.folder / "mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_search(self, cfg: SearchConfig, folder: Path) -> None:
+        """Find or create the experiment and the search's parent run (one per search folder)."""
+        self.experiment_id = self._experiment(cfg.name)
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`gpnas.role` = 'search' and tags.`gpnas.folder` = '{folder}'",
+            max_results=1,
+        )
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            return
+        run = self.client.create_run(self.experiment_id, run_name=f"{cfg.name} (search)",
+                                     tags={"gpnas.role": "search", "gpnas.folder": str(folder)})
+        self.parent_id = run.info.run_id
+        params = _flatten(cfg.model_dump(mode="json"))
+        for key, value in params.items():
+            self.client.log_param(self.parent_id, key, value[:6000])
+        config = folder / "config.yaml"
+        if config.is_file():
+            self.client.log_artifact(self.parent_id, str(config))
+
+    # ------------------------------------------------------------------------------------------- trials
+    def log_trial_safe(self, rec: st.TrialRecord) -> str | None:
+        """Log one trial; an MLflow failure is a warning (the study keeps it; `gpnas sync` backfills)."""
+        try:
+            return self.log_trial(rec)
+        except Exception as err:  # noqa: BLE001 - any tracking failure must not stop the search
+            if not self._warned:
+                warnings.warn(f"MLflow logging failed ({type(err).__name__}: {err}); results stay in the study, "
+                              "run `gpnas sync` once the tracking store is back", stacklevel=2)
+                self._warned = True
+            return None
+
+    def run_ids(self) -> dict[int, str]:
+        """Trial number -> child run id, for the runs already in MLflow under this search's parent."""
+        assert self.experiment_id is not None and self.parent_id is not None, "start_search first"
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                                       max_results=50_000)
+        return {int(r.data.tags["gpnas.trial"]): r.info.run_id for r in runs if "gpnas.trial" in r.data.tags}
+
+    def log_trial(self, rec: st.TrialRecord, existing: dict[int, str] | None = None) -> str:
+        """The child run of one trial; a trial that already has a run under this parent is not logged again."""
+        assert self.experiment_id is not None and self.parent_id is not None, "start_search first"
+        existing = self.run_ids() if existing is None else existing
+        if rec.number in existing:
+            return existing[rec.number]
+        tags = {"mlflow.parentRunId": self.parent_id, "gpnas.role": "trial", "gpnas.trial": str(rec.number),
+                "gpnas.state": rec.state, "arch_id": rec.arch_id or "unknown", "is_pareto": "false"}
+        if rec.reason:
+            tags["gpnas.reason"] = rec.reason[:5000]
+        run = self.client.create_run(self.experiment_id, run_name=f"trial {rec.number:04d} {rec.arch_id}", tags=tags)
+        run_id = run.info.run_id
+        self._log_trial_content(run_id, rec)
+        self.client.set_terminated(run_id, status=RUN_STATUS.get(rec.state, "FINISHED"))
+        return run_id
+
+    def _log_trial_content(self, run_id: str, rec: st.TrialRecord) -> None:
+        from mlflow.entities import Metric, Param
+
+        params = {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in rec.params.items()}
+        params["arch_id"] = rec.arch_id or "unknown"
+        result = rec.result
+        metrics = []
+        if result is not None:
+            for key, value in result.metrics.items():
+                if (key in TRIAL_METRICS or key.startswith("gp_")) and isinstance(value, (int, float)):
+                    metrics.append(Metric(key, float(value), 0, 0))
+            for i, epoch in enumerate(result.history):
+                for key in ("ap", "ap50"):
+                    if key in epoch:
+                        metrics.append(Metric(f"epoch_{key}", float(epoch[key]), 0, i + 1))
+        self.client.log_batch(run_id, metrics=metrics, params=[Param(k, v[:6000]) for k, v in params.items()])
+        self._log_trial_artifacts(run_id, rec)
+
+    def _log_trial_artifacts(self, run_id: str, rec: st.TrialRecord) -> None:
+        folder = self.folder / "trials" / f"{rec.number:04d}"
+        spec = folder / "spec.yaml"
+        if spec.is_file():
+            self.client.log_artifact(run_id, str(spec))
+        full = folder / "result.json"
+        data = json.loads(full.read_text()) if full.is_file() else {}
+        with tempfile.TemporaryDirectory() as tmp:
+            layers = data.get("gp_layers") or []
+            if layers:
+                path = Path(tmp) / "gradient_path_layers.csv"
+                with path.open("w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=list(layers[0]))
+                    writer.writeheader()
+                    for row in layers:
+                        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                                         for k, v in row.items()})
+                self.client.log_artifact(run_id, str(path))
+            if data.get("latency"):
+                path = Path(tmp) / "latency.json"
+                path.write_text(json.dumps(data["latency"], indent=2))
+                self.client.log_artifact(run_id, str(path))
+
+    # ------------------------------------------------------------------------------------------- end
+    def sync(self, cfg: SearchConfig, folder: Path) -> int:
+        """Backfill child runs for every ended trial without one; returns how many were logged."""
+        if self.parent_id is None:
+            self.start_search(cfg, folder)
+        existing = self.run_ids()
+        logged = 0
+        for rec in st.records(st.load_study(folder, cfg.name)):
+            if rec.state in ("running", "waiting") or rec.number in existing:
+                continue
+            existing[rec.number] = self.log_trial(rec, existing)
+            logged += 1
+        return logged
+
+    def finish_search(self, cfg: SearchConfig, folder: Path, recs: list[st.TrialRecord]) -> None:
+        """Backfill, tag the current front, log counts, hypervolume history and the report to the parent."""
+        from results.front import front_summary
+
+        self.sync(cfg, folder)
+        recs = st.records(st.load_study(folder, cfg.name))
+        summary = front_summary(recs, cfg)
+        for number, run_id in self.run_ids().items():
+            self.client.set_tag(run_id, "is_pareto", "true" if number in summary.front else "false")
+            rank = summary.ranks.get(number)
+            self.client.set_tag(run_id, "pareto_rank", str(rank) if rank is not None else "none")
+        assert self.parent_id is not None
+        for state, n in st.counts(recs).items():
+            self.client.log_metric(self.parent_id, f"trials_{state}", n)
+        for step, hv in enumerate(summary.hypervolume_history):
+            self.client.log_metric(self.parent_id, "hypervolume", hv, step=step)
+        self.client.set_tag(self.parent_id, "hypervolume_reference", json.dumps(summary.reference))
+        self.client.set_tag(self.parent_id, "pareto_trials", json.dumps(summary.front))
+        self._log_report(recs, cfg)
+        self.client.set_terminated(self.parent_id, status="FINISHED")
+
+    def _log_report(self, recs: list[st.TrialRecord], cfg: SearchConfig) -> None:
+        try:
+            from results.report import write_report
+        except ImportError:
+            return
+        out = self.folder / "report"
+        out.mkdir(exist_ok=True)
+        paths = write_report(recs, list(cfg.objectives), cfg.directions(), out)
+        for path in paths.values():
+            self.client.log_artifact(self.parent_id, str(path), artifact_path="report")
+
+    def how_to_open(self) -> str:
+        if self.uri.startswith("sqlite:"):
+            where = f"gpnas ui {self.folder}    (serves the MLflow UI on http://127.0.0.1:5000)"
+        else:
+            where = f"open {self.uri}"
+        return (f"Pareto front in MLflow: {where}; experiment '{self._experiment_name()}', "
+                "filter the runs with  tags.is_pareto = 'true'  (charts: report/pareto.html on the search run)")
+
+    def _experiment_name(self) -> str:
+        if self.experiment_id is None:
+            return "?"
+        return self.client.get_experiment(self.experiment_id).name
+
+
+def serve_ui(folder: Path, port: int = 5000) -> int:
+    """Serve the MLflow UI for a search's local store on 127.0.0.1 (blocks until interrupted)."""
+    import subprocess
+    import sys
+
+    db = folder / "mlflow.db"
+    if not db.is_file():
+        raise ConfigError(f"{folder} has no local MLflow store (mlflow.db); was it run with --tracking-uri?")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", default_tracking_uri(folder),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    print(f"MLflow UI for {folder.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    return subprocess.call(cmd, env=env)
