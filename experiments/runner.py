@@ -280,6 +280,16 @@ def cleanup_stale_ray(folder: Path) -> list[int]:
     return killed
 
 
+def prepare_ray_auth(address: str | None) -> None:
+    """A cluster started with `ray start` uses token auth (its token in ~/.ray/auth_token); a driver only
+    presents it when RAY_AUTH_MODE=token is set before ray is imported."""
+    if not address or "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def init_ray(address: str | None, folder: Path, num_cpus: int | None = None) -> bool:
     """Connect to ``address`` or start a local Ray; returns whether this driver started it."""
     ray = _ray()
@@ -290,7 +300,7 @@ def init_ray(address: str | None, folder: Path, num_cpus: int | None = None) -> 
     if address:
         ray.init(address=address, **kwargs)
         return False
-    ray.init(num_cpus=num_cpus, **kwargs)
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)  # never attach to a stale cluster by accident
     _record_ray_pids(folder)
     return True
 
@@ -356,8 +366,10 @@ def run_search(
     tracker: Any = None,
 ) -> SearchOutcome:
     """Run (or resume) a search to its full budget. The folder is ``cfg.search_dir()``."""
-    from ray import tune
     from rich.console import Console
+
+    prepare_ray_auth(cfg.ray_address)  # before ray is imported
+    from ray import tune
 
     console = console or Console()
     folder = cfg.search_dir()

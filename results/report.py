@@ -26,22 +26,15 @@ from results.pareto import pareto_mask
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = [
-    "correlations_csv",
-    "correlations_markdown",
-    "gradient_path_correlations",
-    "parallel_coordinates",
-    "pareto_figure",
-    "write_pareto_html",
-    "write_pareto_png",
-    "write_report",
-]
+__all__ = ["correlations_csv", "correlations_markdown", "gradient_path_correlations", "parallel_coordinates",
+           "pareto_figure", "write_pareto_html", "write_pareto_png", "write_report"]
 
 LABELS = {"ap": "AP@[.5:.95]", "ap50": "AP@.5", "gflops": "GFLOPs", "latency_ms": "latency (ms)",
           "params_m": "params (M)", "trial": "trial number"}
 _FRONT_COLOUR = "#d62728"
 _INFEASIBLE_COLOUR = "#b0b0b0"
 _CSV_FIELDS = ("feature", "spearman_rho", "p_value", "n", "note")
+_HOVER = {"hovertemplate": "%{text}<extra></extra>"}
 
 
 def _label(name: str) -> str:
@@ -105,9 +98,6 @@ class _ScatterData:
         recs = [self.done[i] for i in np.flatnonzero(self.line)]
         return sorted(recs, key=lambda r: (_metric(r, self.x), _metric(r, self.y)))
 
-    def coords(self, recs: Sequence[TrialRecord], name: str | None, *, infeasible: bool = False) -> np.ndarray:
-        return _coords(recs, name, infeasible=infeasible)
-
 
 def _coords(recs: Sequence[TrialRecord], name: str | None, *, infeasible: bool = False) -> np.ndarray:
     """``ndarray[len(recs)]`` of one metric; an infeasible trial was not trained, so its AP is 0 (as in the study)."""
@@ -150,10 +140,29 @@ def _scatter_data(records: Sequence[TrialRecord], objectives: Sequence[str],
 def _empty_plotly(message: str) -> go.Figure:
     import plotly.graph_objects as go
 
+    fig = go.Figure(layout={"xaxis": {"visible": False}, "yaxis": {"visible": False}})
+    return fig.add_annotation(text=message, showarrow=False, font={"size": 16}, xref="paper", yref="paper",
+                              x=0.5, y=0.5)
+
+
+def _figure_3d(data: _ScatterData, objectives: Sequence[str]) -> go.Figure:
+    import plotly.graph_objects as go
+
+    assert data.colour is not None
+    rest = [r for r, m in zip(data.done, data.front, strict=True) if not m]
+    front = [data.done[i] for i in np.flatnonzero(data.front)]
     fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, font={"size": 16}, xref="paper", yref="paper", x=0.5, y=0.5)
-    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False})
-    return fig
+    for recs, name, marker, inf in (
+        (data.infeasible, "infeasible", {"color": _INFEASIBLE_COLOUR, "size": 4, "opacity": 0.5}, True),
+        (rest, "complete", {"color": "#1f77b4", "size": 4}, False),
+        (front, "Pareto front", {"color": _FRONT_COLOUR, "size": 7, "symbol": "diamond"}, False),
+    ):
+        fig.add_trace(go.Scatter3d(
+            x=_coords(recs, data.x, infeasible=inf), y=_coords(recs, data.colour, infeasible=inf),
+            z=_coords(recs, data.y, infeasible=inf), mode="markers", name=name, marker=marker,
+            text=[_hover(r, objectives) for r in recs], **_HOVER))
+    scene = {"xaxis_title": _label(data.x), "yaxis_title": _label(data.colour), "zaxis_title": _label(data.y)}
+    return fig.update_layout(scene=scene, template="plotly_white")
 
 
 def pareto_figure(records: Sequence[TrialRecord], objectives: Sequence[str], directions: Sequence[str], *,
@@ -172,46 +181,33 @@ def pareto_figure(records: Sequence[TrialRecord], objectives: Sequence[str], dir
     title = f"{len(data.done)} complete trial(s), {int(data.front.sum())} on the Pareto front"
     if not data.done and not data.infeasible:
         return _empty_plotly("no complete trials yet").update_layout(title="Pareto front: no complete trials")
-    hover = {"hovertemplate": "%{text}<extra></extra>"}
-    fig = go.Figure()
-    rest, front = [r for r, m in zip(data.done, data.front, strict=True) if not m], np.flatnonzero(data.front)
-    front_recs = [data.done[i] for i in front]
     if three_d:
-        c = data.colour
-        assert c is not None
-        parts = ((data.infeasible, "infeasible", {"color": _INFEASIBLE_COLOUR, "size": 4, "opacity": 0.5}, True),
-                 (rest, "complete", {"color": "#1f77b4", "size": 4}, False),
-                 (front_recs, "Pareto front", {"color": _FRONT_COLOUR, "size": 7, "symbol": "diamond"}, False))
-        for recs, name, marker, inf in parts:
-            fig.add_trace(go.Scatter3d(
-                x=data.coords(recs, data.x, infeasible=inf), y=data.coords(recs, c, infeasible=inf),
-                z=data.coords(recs, data.y, infeasible=inf), mode="markers", name=name, marker=marker,
-                text=[_hover(r, objectives) for r in recs], **hover))
-        scene = {"xaxis_title": _label(data.x), "yaxis_title": _label(c), "zaxis_title": _label(data.y)}
-        return fig.update_layout(title=title, scene=scene, template="plotly_white")
+        return _figure_3d(data, objectives).update_layout(title=title)
+    fig = go.Figure()
+    front_recs = [data.done[i] for i in np.flatnonzero(data.front)]
     if data.infeasible:
         fig.add_trace(go.Scatter(
-            x=data.coords(data.infeasible, data.x, infeasible=True),
-            y=data.coords(data.infeasible, data.y, infeasible=True), mode="markers", name="infeasible",
+            x=_coords(data.infeasible, data.x, infeasible=True),
+            y=_coords(data.infeasible, data.y, infeasible=True), mode="markers", name="infeasible",
             marker={"color": _INFEASIBLE_COLOUR, "symbol": "x", "size": 8, "opacity": 0.6},
-            text=[_hover(r, objectives) for r in data.infeasible], **hover))
+            text=[_hover(r, objectives) for r in data.infeasible], **_HOVER))
     marker: dict[str, Any] = {"size": 9, "color": "#1f77b4"}
     if data.colour is not None:
-        marker.update(color=data.coords(data.done, data.colour), colorscale="Viridis", showscale=True,
+        marker.update(color=_coords(data.done, data.colour), colorscale="Viridis", showscale=True,
                       colorbar={"title": {"text": _label(data.colour)}})
-    fig.add_trace(go.Scatter(x=data.coords(data.done, data.x), y=data.coords(data.done, data.y), mode="markers",
+    fig.add_trace(go.Scatter(x=_coords(data.done, data.x), y=_coords(data.done, data.y), mode="markers",
                              name="complete", marker=marker, text=[_hover(r, objectives) for r in data.done],
-                             **hover))
+                             **_HOVER))
     if front_recs:
         order = data.line_recs()
         projected = len(objectives) > 2
         fig.add_trace(go.Scatter(
-            x=data.coords(order, data.x), y=data.coords(order, data.y), mode="lines", hoverinfo="skip",
+            x=_coords(order, data.x), y=_coords(order, data.y), mode="lines", hoverinfo="skip",
             name=f"front in {_label(data.x)}, {_label(data.y)}", showlegend=projected,
             line={"color": _FRONT_COLOUR, "width": 2, "dash": "dot" if projected else "solid"}))
         fig.add_trace(go.Scatter(
-            x=data.coords(front_recs, data.x), y=data.coords(front_recs, data.y), mode="markers",
-            name="Pareto front", text=[_hover(r, objectives) for r in front_recs], **hover,
+            x=_coords(front_recs, data.x), y=_coords(front_recs, data.y), mode="markers",
+            name="Pareto front", text=[_hover(r, objectives) for r in front_recs], **_HOVER,
             marker={"size": 14, "color": "rgba(0,0,0,0)", "line": {"color": _FRONT_COLOUR, "width": 2.5}}))
     colour = f" (colour: {_label(data.colour)})" if data.colour else ""
     return fig.update_layout(title=f"Pareto front{colour}: {title}", xaxis_title=_label(data.x),
@@ -238,32 +234,31 @@ def write_pareto_png(records: Sequence[TrialRecord], objectives: Sequence[str], 
     FigureCanvasAgg(fig)  # no pyplot: no global backend switch, no GUI
     ax = fig.add_subplot()
     if data.infeasible:
-        ax.scatter(data.coords(data.infeasible, data.x, infeasible=True),
-                   data.coords(data.infeasible, data.y, infeasible=True), marker="x", color=_INFEASIBLE_COLOUR,
+        ax.scatter(_coords(data.infeasible, data.x, infeasible=True),
+                   _coords(data.infeasible, data.y, infeasible=True), marker="x", color=_INFEASIBLE_COLOUR,
                    label="infeasible", zorder=1)
     if data.done:
         kwargs: dict[str, Any] = {"color": "#1f77b4"}
         if data.colour is not None:
-            kwargs = {"c": data.coords(data.done, data.colour), "cmap": "viridis"}
-        points = ax.scatter(data.coords(data.done, data.x), data.coords(data.done, data.y), s=40,
+            kwargs = {"c": _coords(data.done, data.colour), "cmap": "viridis"}
+        points = ax.scatter(_coords(data.done, data.x), _coords(data.done, data.y), s=40,
                             label="complete", zorder=2, **kwargs)
         if data.colour is not None:
             fig.colorbar(points, ax=ax, label=_label(data.colour))
         front = [data.done[i] for i in np.flatnonzero(data.front)]
-        fx, fy = data.coords(front, data.x), data.coords(front, data.y)
+        fx, fy = _coords(front, data.x), _coords(front, data.y)
         ax.scatter(fx, fy, s=130, facecolors="none", edgecolors=_FRONT_COLOUR, linewidths=1.8,
                    label="Pareto front", zorder=3)
         line = data.line_recs()
         projected = len(objectives) > 2
-        ax.plot(data.coords(line, data.x), data.coords(line, data.y), ":" if projected else "-",
+        ax.plot(_coords(line, data.x), _coords(line, data.y), ":" if projected else "-",
                 color=_FRONT_COLOUR, linewidth=1.8, zorder=3,
                 label=f"front in {_label(data.x)}, {_label(data.y)}" if projected else None)
         for rec, px, py in zip(front, fx, fy, strict=True):
             ax.annotate(f"#{rec.number}", (px, py), textcoords="offset points", xytext=(6, 6), fontsize=9)
     else:
         ax.text(0.5, 0.5, "no complete trials yet", ha="center", va="center", fontsize=14, transform=ax.transAxes)
-    ax.set_xlabel(_label(data.x), fontsize=11)
-    ax.set_ylabel(_label(data.y), fontsize=11)
+    ax.set(xlabel=_label(data.x), ylabel=_label(data.y))
     ax.set_title(f"Pareto front: {len(data.done)} complete, {int(data.front.sum())} on the front, "
                  f"{len(data.infeasible)} infeasible", fontsize=12)
     ax.grid(alpha=0.3)
@@ -379,7 +374,6 @@ def write_report(records: Sequence[TrialRecord], objectives: Sequence[str], dire
     into ``folder``; returns name -> path. Small searches get figures with a note, never an exception."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    objectives, directions = list(objectives), list(directions)
     data = _scatter_data(records, objectives, directions)
     rows = gradient_path_correlations(records)
     paths = {

@@ -118,7 +118,7 @@ class MlflowTracker:
         """Log one trial; an MLflow failure is a warning (the study keeps it; `gpnas sync` backfills)."""
         try:
             return self.log_trial(rec)
-        except Exception as err:  # noqa: BLE001 - any tracking failure must not stop the search
+        except Exception as err:
             if not self._warned:
                 warnings.warn(f"MLflow logging failed ({type(err).__name__}: {err}); results stay in the study, "
                               "run `gpnas sync` once the tracking store is back", stacklevel=2)
