@@ -128,8 +128,8 @@ def test_search_on_an_existing_ray_head(tmp_path: Path) -> None:
     # keep the head and the driver on loopback: Ray otherwise rewrites 127.0.0.1 to the node's network address
     env = {**_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats"],
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+         "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
