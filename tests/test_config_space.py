@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from experiments.config import load_config
+from search_space.errors import ConfigError
+from search_space.presets import get_preset
+from search_space.space import SearchSpace
+
+
+def _space(genes: dict) -> SearchSpace:
+    return SearchSpace.from_config(get_preset("yolor-csp-nano"), genes)
+
+
+def test_packaged_configs_load_and_overrides_apply() -> None:
+    for name in ("demo", "paper-ablation", "coco-gpu"):
+        assert load_config(name).name == name
+    cfg = load_config("demo", ["train.seconds=12", "budget.num_trials=3", "objectives=[ap, gflops]"])
+    assert cfg.train.seconds == 12 and cfg.budget.num_trials == 3 and cfg.objectives == ("ap", "gflops")
+    assert cfg.directions() == ["maximize", "minimize"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["trian.seconds=3"], "did you mean 'train'"),
+        (["train.secnds=3"], "did you mean 'seconds'"),
+        (["objectives=[ap, speed]"], "objectives"),
+        (["budget.num_trials=0"], "at least 1"),
+        (["sampler.type=cmaes"], "sampler.type"),
+        (["no_equals_sign"], "key.sub=value"),
+        (["data.kind=coco"], "data.train_ann"),
+    ],
+)
+def test_bad_config_errors_name_the_key(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
+        load_config("demo", overrides)
+
+
+def test_missing_config_lists_packaged_ones(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="demo"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_conditional_genes_and_round_trip() -> None:
+    space = _space({
+        "block": {"choices": ["residual", "csp", "elan"]},
+        "fusion": {"choices": ["both", "first", "last", "none"]},
+        "mask_ratio": {"choices": [0.5, 1.0], "per_stage": True},
+        "backbone_stacks": {"range": [1, 3]},
+        "widths": {"choices": [[128, 256, 512, 1024], [256, 512, 1024, 1024]]},
+    })
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        spec = space.suggest(trial)
+        block = spec.block
+        seen.add(block)
+        assert ("fusion" in trial.params) == (block == "csp")
+        assert ("backbone_stacks" in trial.params) == (block == "elan")
+        assert ("mask_ratio_p2" in trial.params) == (block != "elan")
+        assert space.contains(spec)
+        assert space.from_params(space.to_params(spec)).arch_id == spec.arch_id
+        study.tell(trial, 0.0)
+    assert seen == {"residual", "csp", "elan"}
+
+
+def test_sampler_reproducible_for_a_seed() -> None:
+    space = _space({"block": {"choices": ["residual", "csp"]}, "split_ratio": {"range": [0.25, 0.75], "step": 0.25}})
+
+    def run(seed: int) -> list[str]:
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3))
+        ids = []
+        for i in range(8):
+            trial = study.ask()
+            ids.append(space.suggest(trial).arch_id)
+            study.tell(trial, float(i % 3))
+        return ids
+
+    assert run(7) == run(7)
+
+
+def test_contains_rejects_points_outside() -> None:
+    space = _space({"block": {"choices": ["csp"]}, "fusion": {"choices": ["both", "last"]}})
+    base = get_preset("yolor-csp-nano")
+    assert space.contains(base)
+    assert not space.contains(base.replace(fusion="none"))
+    assert not space.contains(base.replace(neck="fpn"))
+    assert not space.contains(base.replace(block="elan"))
+
+
+def test_unknown_gene_suggests() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'fusion'"):
+        _space({"fuson": {"choices": ["both"]}})
+    with pytest.raises(ConfigError, match="per_stage"):
+        _space({"neck": {"choices": ["fpn"], "per_stage": True}})

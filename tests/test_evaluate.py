@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from experiments.config import load_config
+from experiments.evaluate import evaluate_candidate
+from search_space.presets import get_preset
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPNAS_CACHE", str(tmp_path / "cache"))
+    return load_config(None, ["data.n_train=24", "data.n_val=8", "train.steps=2", "train.batch_size=8",
+                              "train.seconds=null", "latency.repeats=2", "latency.warmup=1",
+                              "latency.iters_per_repeat=1"])
+
+
+def test_complete_candidate_has_every_objective_and_features(cfg, tmp_path) -> None:
+    spec = get_preset("yolor-prn-nano").replace(width_multiple=0.0625)
+    reports = []
+    result = evaluate_candidate(spec, cfg, reports.append, weights_dir=tmp_path / "w")
+    assert result.state == "complete", result.reason
+    for key in ("ap", "ap50", "gflops", "params", "latency_ms", "gp_max_sgp", "gp_mean_dup", "gp_grad_norm_mean"):
+        assert key in result.metrics, key
+    assert result.history and reports  # per-epoch AP was reported
+    assert result.gp_layers and result.latency["protocol"]["img_size"] == 160
+    assert result.weights_path and (tmp_path / "w" / f"{spec.arch_id}.pt").is_file()
+
+
+def test_infeasible_candidate_is_not_trained(cfg) -> None:
+    cfg = cfg.model_copy(update={"constraints": cfg.constraints.model_copy(update={"max_gflops": 1e-6})})
+    result = evaluate_candidate(get_preset("yolor-csp-nano"), cfg)
+    assert result.state == "infeasible"
+    assert "max_gflops" in result.reason
+    assert not result.history and "ap" not in result.metrics
+
+
+def test_invalid_spec_is_a_recorded_failure(cfg) -> None:
+    result = evaluate_candidate({"block": "csp", "fusion": "sideways"}, cfg)
+    assert result.state == "failed"
+    assert "fusion" in result.reason and "SpecError" in result.reason
