@@ -180,6 +180,7 @@ class Recorder:
         self.ended: list[TrialResult] = []
         self.running: dict[str, float] = {}
         self.best_ap = float("nan")
+        self.loaded = 0
 
     def __getstate__(self) -> dict[str, Any]:  # never leaves the driver (holds a console and a tracker)
         return {}
@@ -189,6 +190,7 @@ class Recorder:
             if r.result is not None and r.state in ("complete", "infeasible"):
                 self.by_arch.setdefault(r.result.arch_id, r.result)
                 self.ended.append(r.result)
+        self.loaded = len(self.ended)
 
     def cached(self, arch_id: str) -> TrialResult | None:
         return self.by_arch.get(arch_id)
@@ -310,8 +312,8 @@ class SearchOutcome:
     folder: Path
     counts: dict[str, int]
     ran: int
-    seconds: float
-    evaluate_seconds: float
+    seconds: float  # wall time of the Tune run (first trial scheduled -> last recorded)
+    evaluate_seconds: float  # sum of the trials' own evaluate time
 
 
 def _progress_callback(recorder: Recorder, total: int, already: int, start: float) -> Any:
@@ -405,6 +407,8 @@ def run_search(
         tracker.start_search(cfg, folder)
     if remaining <= 0:
         console.print(f"search '{cfg.name}' has used its whole budget ({cfg.budget.num_trials} trials)")
+        if tracker is not None:
+            tracker.finish_search(cfg, folder, recs)  # backfills MLflow if it missed anything
         return SearchOutcome(folder, st.counts(recs), 0, 0.0, 0.0)
     console.print(f"search [bold]{cfg.name}[/]: {remaining} of {cfg.budget.num_trials} trials to run"
                   + (f" ({len(requeued)} interrupted re-queued)" if requeued else "") + f", folder {folder}")
@@ -435,7 +439,9 @@ def run_search(
                                       callbacks=[_progress_callback(recorder, cfg.budget.num_trials,
                                                                     st.finished(recs), start)]),
         )
+        fit_start = time.time()
         tuner.fit()
+        fit_seconds = time.time() - fit_start
     finally:
         if started_ray:
             import ray
@@ -445,9 +451,9 @@ def run_search(
     recs = st.records(study)
     if tracker is not None:
         tracker.finish_search(cfg, folder, recs)
-    ran = len(recorder.ended) - sum(1 for r in recs if r.result is not None and r.number < 0)
-    evaluate_seconds = sum(r.evaluate_seconds for r in recorder.ended[-remaining:])
-    return SearchOutcome(folder, st.counts(recs), ran, time.time() - start, evaluate_seconds)
+    new = recorder.ended[recorder.loaded:]
+    evaluate_seconds = sum(r.evaluate_seconds for r in new if not (r.reason or "").startswith("same arch_id"))
+    return SearchOutcome(folder, st.counts(recs), len(new), fit_seconds, evaluate_seconds)
 
 
 def _enqueue_named(study: Any, space: SearchSpace, name: str) -> None:
