@@ -20,12 +20,11 @@ import platform
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from objectives.gradient_path import analyze
-from objectives.latency import LatencyProtocol, LatencyResult, measure_latency
+from objectives.latency import LatencyProtocol, LatencyResult, cpu_name, measure_latency
 from search_space.builder import build_detector
 from search_space.presets import get_preset
 
@@ -36,18 +35,8 @@ GPU_PRESET = "yolor-elan"
 GPU_CV_TARGET = 0.01
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (``platform.processor()`` is often only the architecture)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def print_machine() -> None:
-    print(f"machine: {cpu_model()}; {os.cpu_count()} logical CPUs; load average "
+    print(f"machine: {cpu_name()}; {os.cpu_count()} logical CPUs; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, torch threads {torch.get_num_threads()} "
           f"(intra-op), {torch.get_num_interop_threads()} (inter-op)")

@@ -11,7 +11,6 @@ and ≤ 5 % of a 60-s trial.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from rich.console import Console
 from experiments.config import load_config
 from experiments.runner import run_search
 from experiments.search_api import make_tracker
+from objectives.latency import cpu_name
 
 
 def main() -> None:
@@ -40,9 +40,7 @@ def main() -> None:
     total = time.perf_counter() - start
     trials = max(1, outcome.ran)
     overhead = (outcome.seconds - outcome.evaluate_seconds) / trials
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}; search '{cfg.name}' with {outcome.ran} trials, one at a time, "
+    print(f"machine: {cpu_name()}; search '{cfg.name}' with {outcome.ran} trials, one at a time, "
           f"train.seconds={args.seconds}, MLflow {'off' if args.no_mlflow else 'on (SQLite)'}")
     print(f"trial states: {outcome.counts}")
     print(f"search wall time (trials scheduled -> recorded): {outcome.seconds:8.2f} s")

@@ -238,7 +238,7 @@ def latency_lock(path: str | os.PathLike[str] | None = None) -> Iterator[float]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU model name: /proc/cpuinfo when present (``platform.processor()`` is often just the arch)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -357,5 +357,5 @@ def measure_latency(model: nn.Module, protocol: LatencyProtocol | None = None) -
             device_name, waited = torch.cuda.get_device_name(device), 0.0
         else:
             samples, waited = _time_cpu(work, x, protocol)
-            device_name = _cpu_name()
+            device_name = cpu_name()
     return LatencyResult.from_samples(samples, protocol=protocol, device_name=device_name, lock_wait_s=waited)
