@@ -98,7 +98,8 @@ class Gene:
         if self.low is None:
             return f"{self.name}: fixed {self.fixed!r}"
         step = f" step {self.step}" if self.step else ""
-        return f"{self.name}: {'int' if self.integer else 'float'} in [{self.low}, {self.high}]{step}{stage}"
+        low, high = (int(self.low), int(self.high)) if self.integer else (self.low, self.high)
+        return f"{self.name}: {'int' if self.integer else 'float'} in [{low}, {high}]{step}{stage}"
 
 
 class SearchSpace:
