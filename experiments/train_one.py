@@ -1,12 +1,37 @@
-"""Library side of `gpnas train`: proxy-train one architecture on a dataset and score it."""
+"""Library side of `gpnas train`: proxy-train one architecture on a dataset and score it.
+
+Hidden knobs (for tests and quick looks; not CLI options): ``GPNAS_DIGITS_N_TRAIN`` and ``GPNAS_DIGITS_N_VAL``
+set the size of the bundled digits set that ``--data digits`` builds (default 2000 train, 300 val images);
+``GPNAS_CACHE`` says where it is built.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from search_space.errors import ConfigError
 from search_space.spec import ArchSpec
+
+DIGITS_N_TRAIN, DIGITS_N_VAL = 2000, 300
+DEFAULT_SECONDS = 90.0
+
+
+def digits_sizes() -> tuple[int, int]:
+    """(n_train, n_val) of the digits set: the defaults, or ``$GPNAS_DIGITS_N_TRAIN`` / ``$GPNAS_DIGITS_N_VAL``."""
+    sizes = []
+    for name, default in (("GPNAS_DIGITS_N_TRAIN", DIGITS_N_TRAIN), ("GPNAS_DIGITS_N_VAL", DIGITS_N_VAL)):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"${name}={raw!r}: give a positive number of images, or unset it "
+                              f"(default {default})")
+        sizes.append(value)
+    return sizes[0], sizes[1]
 
 
 def train_candidate(
@@ -26,7 +51,10 @@ def train_candidate(
     save: Path | None = None,
     **train_overrides: Any,
 ) -> dict[str, Any]:
-    """Train ``spec`` with a budget (default 90 s) and return ap, ap50, …, train_seconds, images_per_second."""
+    """Train ``spec`` with a budget (default 90 s) and return ap, ap50, …, train_seconds, images_per_second.
+
+    ``seed`` seeds the weight initialisation as well as the trainer (batch order, augmentation).
+    """
     import torch
 
     from search_space.builder import build_detector
@@ -38,7 +66,8 @@ def train_candidate(
     if img != spec.img_size:
         spec = spec.replace(img_size=img)
     if data == "digits":
-        proxy = ProxyData.digits(img_size=img, seed=0)
+        n_train, n_val = digits_sizes()
+        proxy = ProxyData.digits(img_size=img, seed=0, n_train=n_train, n_val=n_val)
     else:
         if not images:
             raise ConfigError(f"--data {data}: a COCO annotation file needs --images DIR")
@@ -46,10 +75,11 @@ def train_candidate(
     if proxy.num_classes != spec.num_classes:
         spec = spec.replace(num_classes=proxy.num_classes)
     if epochs is None and seconds is None and steps is None:
-        seconds = 90.0
+        seconds = DEFAULT_SECONDS
     budget = TrainBudget(epochs=epochs, steps=steps, seconds=seconds)
     callbacks = [ProgressBar(total_seconds=seconds, total_steps=steps)] if progress else []
     config = TrainConfig(device=device, seed=seed, **train_overrides)
+    torch.manual_seed(seed)
     model = build_detector(spec)
     fit = ProxyTrainer(config, callbacks).fit(model, proxy, budget)
     if save is not None and fit.model is not None:

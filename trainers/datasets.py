@@ -31,9 +31,10 @@ class ProxyData:
     @classmethod
     def digits(
         cls, *, img_size: int = 160, seed: int = 0, n_train: int = 2000, n_val: int = 300, root: Path | None = None,
-        augment: bool = True,
+        augment: bool = False,
     ) -> ProxyData:
-        """The bundled offline digits set (built once into the cache folder)."""
+        """The bundled offline digits set (built once into the cache folder). No flip augmentation by default:
+        a mirrored digit is not the same digit (a mirrored 2 reads as a 5-like glyph)."""
         paths = build_digits_dataset(root, seed=seed, img_size=160, n_train=n_train, n_val=n_val)
         return cls.coco(paths.train_ann, paths.train_images, paths.val_ann, paths.val_images,
                         img_size=img_size, augment=augment, name=f"digits-s{seed}-{n_train}")

@@ -1,0 +1,163 @@
+"""ProxyTrainer: it learns, it stops on NaN, it respects every budget, and its callbacks see what they should."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from search_space.builder import build_detector
+from search_space.errors import ConfigError, TrainingDiverged
+from search_space.presets import ANCHORS_DIGITS, get_preset
+from trainers.callbacks import Callback, EarlyStopping
+from trainers.data import build_digits_dataset
+from trainers.datasets import ProxyData
+from trainers.proxy import FitResult, ModelEMA, ProxyTrainer, TrainBudget, TrainConfig
+
+IMG = 64  # the 160-px digits letterboxed down: a step takes ~20 ms, so every test here is a few seconds
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> ProxyData:
+    root = tmp_path_factory.mktemp("digits")
+    build_digits_dataset(root, n_train=32, n_val=16)
+    return ProxyData.digits(root=root, n_train=32, n_val=16, img_size=IMG, augment=False)
+
+
+def _model() -> torch.nn.Module:
+    scale = IMG / 160
+    anchors = tuple(tuple((max(1, round(w * scale)), max(1, round(h * scale))) for w, h in level)
+                    for level in ANCHORS_DIGITS)
+    torch.manual_seed(0)
+    return build_detector(get_preset("yolor-v3-nano").replace(img_size=IMG, anchors=anchors))
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.losses: list[float] = []
+        self.metrics: list[dict[str, float]] = []
+        self.result: FitResult | None = None
+
+    def on_fit_start(self, trainer: ProxyTrainer) -> None:
+        self.calls.append("fit_start")
+
+    def on_step_end(self, trainer: ProxyTrainer, losses: dict[str, float]) -> None:
+        self.losses.append(losses["total"])
+
+    def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
+        self.calls.append("epoch_end")
+        self.metrics.append(metrics)
+
+    def on_fit_end(self, trainer: ProxyTrainer, result: FitResult) -> None:
+        self.calls.append("fit_end")
+        self.result = result
+
+
+def test_loss_decreases_when_overfitting_one_batch(data: ProxyData) -> None:
+    # 32 images, batch 32, no augmentation: every step sees the same batch.
+    rec = Recorder()
+    config = TrainConfig(batch_size=32, lr=0.01, warmup_fraction=0.1, ema=False, eval_every=1000)
+    result = ProxyTrainer(config, [rec]).fit(_model(), data, TrainBudget(steps=40))
+    assert result.steps == 40 == len(rec.losses)
+    first, last = sum(rec.losses[:5]) / 5, sum(rec.losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    assert all(math.isfinite(x) for x in rec.losses)
+
+
+class Poison(Callback):
+    """Turns the weights to NaN after step ``k``, so the loss of step k (0-based) is NaN."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def on_step_end(self, trainer: ProxyTrainer, losses: dict[str, float]) -> None:
+        if trainer.step == self.k:
+            model = self.model
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+
+def test_nan_loss_raises_training_diverged_naming_the_step(data: ProxyData) -> None:
+    model = _model()
+    poison = Poison(3)
+    poison.model = model  # type: ignore[attr-defined]
+    with pytest.raises(TrainingDiverged, match=r"nan at step 3 \(epoch 0\)"):
+        ProxyTrainer(TrainConfig(batch_size=8, eval_every=1000), [poison]).fit(model, data, TrainBudget(steps=10))
+
+
+def test_step_budget(data: ProxyData) -> None:
+    result = ProxyTrainer(TrainConfig(batch_size=8)).fit(_model(), data, TrainBudget(steps=5))
+    assert (result.steps, result.epochs) == (5, 2)  # 4 steps per epoch; the 5th step opens epoch 2
+    assert result.images_per_second > 0 and result.train_seconds > 0
+
+
+def test_epoch_budget_and_callbacks_see_ap(data: ProxyData) -> None:
+    rec = Recorder()
+    result = ProxyTrainer(TrainConfig(batch_size=8), [rec]).fit(_model(), data, TrainBudget(epochs=2))
+    assert (result.steps, result.epochs) == (8, 2)
+    assert rec.calls == ["fit_start", "epoch_end", "epoch_end", "fit_end"]
+    assert [m["epoch"] for m in rec.metrics] == [1.0, 2.0]
+    assert all({"ap", "ap50", "step"} <= m.keys() for m in rec.metrics)
+    assert rec.result is result and result.history == rec.metrics and result.ap == rec.metrics[-1]["ap"]
+    assert 0.0 <= result.ap <= result.ap50 <= 1.0
+    assert result.eval_seconds > 0 and "model" not in result.to_dict()
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(data: ProxyData) -> None:
+    rec = Recorder()
+    ProxyTrainer(TrainConfig(batch_size=16, eval_every=2), [rec]).fit(_model(), data, TrainBudget(epochs=3))
+    assert [m["epoch"] for m in rec.metrics] == [2.0, 3.0]
+
+
+def test_seconds_budget_counts_training_time_only(data: ProxyData) -> None:
+    result = ProxyTrainer(TrainConfig(batch_size=8)).fit(_model(), data, TrainBudget(seconds=1.5))
+    assert 1.5 <= result.train_seconds < 1.5 + 1.0  # stops within one step of the budget
+    assert result.steps > 3 and result.epochs >= 1
+
+
+def test_early_stopping_sets_should_stop() -> None:
+    trainer = ProxyTrainer()
+    stop = EarlyStopping(metric="ap", patience=2)
+    for ap, expected in ((0.1, False), (0.2, False), (0.2, False), (0.15, True)):
+        stop.on_epoch_end(trainer, {"ap": ap})
+        assert trainer.should_stop is expected
+
+
+def test_early_stopping_ends_the_fit(data: ProxyData) -> None:
+    class Flat(Callback):  # AP that never improves after the first evaluation
+        def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
+            metrics["ap"] = 0.0
+
+    result = ProxyTrainer(TrainConfig(batch_size=16), [Flat(), EarlyStopping(patience=1)]).fit(
+        _model(), data, TrainBudget(epochs=10))
+    assert result.stopped_early and result.epochs == 2
+
+
+def test_ema_update_moves_towards_the_model() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.5, tau=1e-9)  # decay is 0.5 from the first update
+    before = ema.ema[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update()
+    torch.testing.assert_close(ema.ema[0].weight, before + 0.5)
+    assert int(ema.ema[1].num_batches_tracked) == 7
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="at least one"):
+        TrainBudget()
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="lion")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="eval_every"):
+        TrainConfig(eval_every=0)
+
+
+def test_batch_larger_than_train_set_is_a_config_error(data: ProxyData, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size 64"):
+        ProxyTrainer(TrainConfig(batch_size=64)).fit(_model(), data, TrainBudget(steps=1))

@@ -1,0 +1,50 @@
+"""`gpnas train` end to end in a subprocess, on a tiny digits set chosen through the hidden size knobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "GPNAS_DIGITS_N_TRAIN": "32",
+           "GPNAS_DIGITS_N_VAL": "8"}
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_gpnas_train_json_end_to_end(tmp_path: Path) -> None:
+    proc = _run(["train", "yolor-csp-nano", "--steps", "3", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["name"] == "yolor-csp-nano" and out["steps"] == 3
+    for key in ("ap", "ap50", "train_seconds", "images_per_second"):
+        assert isinstance(out[key], float) and out[key] >= 0.0, key
+    assert out["images_per_second"] > 0 and out["data"] == "digits-s0-32"
+    assert (tmp_path / "cache" / "digits-v1-s0-160-32-8").is_dir()
+
+
+def test_bad_digits_size_knob_is_a_clear_error(tmp_path: Path) -> None:
+    env_bad = {"GPNAS_DIGITS_N_TRAIN": "lots"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "yolor-csp-nano", "--steps", "1",
+                           "--json"], cwd=ROOT, env={**os.environ, **env_bad, "GPNAS_CACHE": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "GPNAS_DIGITS_N_TRAIN" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_digits_size_knob_must_be_positive(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.train_one import digits_sizes
+    from search_space.errors import ConfigError
+
+    monkeypatch.setenv("GPNAS_DIGITS_N_VAL", value)
+    with pytest.raises(ConfigError, match="GPNAS_DIGITS_N_VAL"):
+        digits_sizes()
