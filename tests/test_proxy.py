@@ -115,8 +115,9 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(data: ProxyData) 
 
 def test_seconds_budget_counts_training_time_only(data: ProxyData) -> None:
     result = ProxyTrainer(TrainConfig(batch_size=8)).fit(_model(), data, TrainBudget(seconds=1.5))
-    assert 1.5 <= result.train_seconds < 1.5 + 1.0  # stops within one step of the budget
     assert result.steps > 3 and result.epochs >= 1
+    step = result.train_seconds / result.steps  # a loaded machine makes steps slow: bound the overrun in steps
+    assert 1.5 <= result.train_seconds < 1.5 + 3 * step + 1.0  # stops within a step or so of the budget
 
 
 def test_early_stopping_sets_should_stop() -> None:
