@@ -31,7 +31,6 @@ bench: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
 
 ui: setup
 	$(VENV)/bin/gpnas ui demo

@@ -38,6 +38,16 @@ def test_bad_config_errors_name_the_key(overrides: list[str], needle: str) -> No
         load_config("demo", overrides)
 
 
+def test_search_train_defaults_match_the_benchmarked_proxy_trainer() -> None:
+    from experiments.config import SearchConfig
+    from trainers.proxy import TrainConfig
+
+    search, trainer = SearchConfig(name="x").train, TrainConfig()
+    assert (search.batch_size, search.optimizer, search.lr) == (trainer.batch_size, trainer.optimizer, trainer.lr)
+    assert (search.ema, search.amp) == (trainer.ema, trainer.amp)
+    assert search.seconds == 90.0  # the CPU budget benchmarks/proxy_training.py reports
+
+
 def test_missing_config_lists_packaged_ones(tmp_path) -> None:
     with pytest.raises(ConfigError, match="demo"):
         load_config(tmp_path / "nope.yaml")
