@@ -63,6 +63,16 @@ class TrainConfig:
     The LR follows a linear warm-up over ``warmup_fraction`` of the planned steps, then a cosine down to
     ``final_lr_fraction`` × ``lr``; for a pure time budget the plan is re-estimated from the measured step
     rate. ``ema_tau`` is the number of updates over which the EMA decay ramps up to ``ema_decay``.
+
+    Measured on yolor-elan-nano, digits, 2 CPU cores (AP50 after the same number of images, ~5 epochs):
+    batch 16 beats 32 (0.089 vs 0.061 with the old gains; 16 runs at ~115 img/s vs ~123, so about twice the
+    updates per second), and 8 loses per second (~84 img/s: 0.45 vs 0.54 in 90 s). AdamW beats SGD (lr 0.02:
+    0.03). lr 0.008 ≈ 0.004 (0.41 vs 0.40). EMA on or off makes no measurable difference at this length
+    (0.089 vs 0.093). Gradient clipping at 10 matters: without it 0.16 instead of 0.40. torch's default
+    threads (2 here) run at ~120 img/s against ~77 for one thread; channels-last is slower (~101). These are
+    single runs: at 90 s the seed alone moves AP50 by up to ~0.1, so smaller differences above are not resolved.
+    lr 0.002 with 15 % warm-up was worse on all three seeds of yolor-csp-nano (AP50 0.33/0.39/0.22 vs 0.47 for
+    seed 0 at the defaults). Per-step time is the model's (the loss is ~3 % and the cached loader ~1 %).
     """
 
     batch_size: int = 16
