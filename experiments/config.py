@@ -17,6 +17,9 @@ from search_space.errors import ConfigError
 CONFIG_SCHEMA_VERSION = 1
 OBJECTIVES = ("ap", "gflops", "latency_ms")
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+#: The bundled digits set's size and the CPU proxy budget benchmarks/proxy_training.py reports (also `gpnas train`'s).
+DIGITS_N_TRAIN, DIGITS_N_VAL = 2000, 300
+CPU_TRAIN_SECONDS = 90.0
 
 
 class _Section(BaseModel):
@@ -84,8 +87,8 @@ class BudgetConfig(_Section):
 class DataConfig(_Section):
     kind: Literal["digits", "coco"] = "digits"
     seed: int = 0
-    n_train: int = 2000
-    n_val: int = 300
+    n_train: int = DIGITS_N_TRAIN
+    n_val: int = DIGITS_N_VAL
     train_ann: str | None = None
     train_images: str | None = None
     val_ann: str | None = None
@@ -103,7 +106,7 @@ class DataConfig(_Section):
 class TrainSection(_Section):
     epochs: int | None = None
     steps: int | None = None
-    seconds: float | None = 90.0  # the CPU proxy budget benchmarks/proxy_training.py measures
+    seconds: float | None = CPU_TRAIN_SECONDS
     batch_size: int = 16
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 0.004

@@ -11,11 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from experiments.config import CPU_TRAIN_SECONDS, DIGITS_N_TRAIN, DIGITS_N_VAL
 from search_space.errors import ConfigError
 from search_space.spec import ArchSpec
-
-DIGITS_N_TRAIN, DIGITS_N_VAL = 2000, 300
-DEFAULT_SECONDS = 90.0
 
 
 def digits_sizes() -> tuple[int, int]:
@@ -75,7 +73,7 @@ def train_candidate(
     if proxy.num_classes != spec.num_classes:
         spec = spec.replace(num_classes=proxy.num_classes)
     if epochs is None and seconds is None and steps is None:
-        seconds = DEFAULT_SECONDS
+        seconds = CPU_TRAIN_SECONDS
     budget = TrainBudget(epochs=epochs, steps=steps, seconds=seconds)
     callbacks = [ProgressBar(total_seconds=seconds, total_steps=steps)] if progress else []
     config = TrainConfig(device=device, seed=seed, **train_overrides)

@@ -95,6 +95,20 @@ def test_flip(tiny: tuple[Path, Path]) -> None:
     assert seen == {True, False}
 
 
+def test_box_sizes_come_from_the_annotations(tiny: tuple[Path, Path]) -> None:
+    from trainers.datasets import ProxyData
+
+    images, ann = tiny
+    data = ProxyData.coco(ann, images, ann, images, img_size=S, augment=False)
+    reader = CocoDetection(images, ann, img_size=S)  # a separate instance: data's image cache stays empty
+    expected = np.concatenate([reader[i][1][:, 3:5].numpy() for i in range(len(reader))]) * S
+    for png in images.glob("*.png"):  # box statistics must not read an image
+        png.unlink()
+    sizes = data.box_sizes()
+    assert sizes.shape == (3, 2) and np.allclose(sizes, expected)
+    assert np.allclose(sizes[0], [0.2 * S, 0.15 * S])
+
+
 def test_missing_paths_and_keys(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     images, ann = tiny
     with pytest.raises(DataError, match=r"annotation file not found.*nope\.json"):

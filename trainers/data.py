@@ -163,6 +163,12 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self._images)
 
+    @property
+    def labels(self) -> list[np.ndarray]:
+        """Per image (``image_ids`` order): ndarray[n, 5] = (class, cx, cy, w, h) normalised, unflipped.
+        Read-only views for statistics (anchor fitting); ``ds[i]`` returns copies."""
+        return self._labels
+
     def _load(self, i: int) -> np.ndarray:
         """-> ndarray[3, S, S] uint8, letterboxed."""
         cached = self._cache.get(i)

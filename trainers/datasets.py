@@ -54,7 +54,7 @@ class ProxyData:
 
     def box_sizes(self) -> np.ndarray:
         """Training box (w, h) in pixels of the letterboxed images: ndarray[N, 2] (for anchor fitting)."""
-        rows = [self.train[i][1][:, 3:5].numpy() for i in range(len(self.train))]
+        rows = [labels[:, 3:5] for labels in self.train.labels]  # from the annotations: no image is decoded
         return np.concatenate(rows) * self.img_size if rows else np.zeros((0, 2))
 
     @torch.no_grad()
