@@ -17,9 +17,13 @@ from search_space.errors import ConfigError
 CONFIG_SCHEMA_VERSION = 1
 OBJECTIVES = ("ap", "gflops", "latency_ms")
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
-#: The bundled digits set's size and the CPU proxy budget benchmarks/proxy_training.py reports (also `gpnas train`'s).
+#: The bundled digits set's size.
 DIGITS_N_TRAIN, DIGITS_N_VAL = 2000, 300
-CPU_TRAIN_SECONDS = 90.0
+#: The default proxy budget, in optimiser steps (a work budget: the same AP on a quiet or a loaded machine), for
+#: searches and `gpnas train`; benchmarks/proxy_fidelity.py measures how far its ranking agrees with longer training.
+PROXY_STEPS = 300
+#: The default wall-clock cap of one trial's training (a safety: a trial past it is recorded as ``timeout``).
+TRIAL_MAX_SECONDS = 1800.0
 
 
 class _Section(BaseModel):
@@ -64,10 +68,15 @@ class ConstraintsConfig(_Section):
 
 
 class SamplerConfig(_Section):
+    """``reproducible``: propose candidates in rounds of ``budget.max_concurrent``, each round after the previous
+    one has ended, so a seed proposes the same candidates however long each trial takes (a round waits for its
+    slowest trial). ``false`` refills a slot as soon as it frees: faster, but the proposals depend on timing."""
+
     type: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     population_size: int = 20
     n_startup_trials: int = 6
+    reproducible: bool = True
 
 
 class BudgetConfig(_Section):
@@ -104,9 +113,19 @@ class DataConfig(_Section):
 
 
 class TrainSection(_Section):
+    """The proxy-training budget and settings of every trial.
+
+    Default: a work budget of ``steps`` optimiser steps. Giving ``epochs`` or ``seconds`` without ``steps``
+    replaces it; ``seconds`` is the time mode ("AP at equal compute": machine- and load-dependent). Several
+    budgets together: whichever comes first. ``max_seconds`` is the wall-clock cap
+    per trial (evaluations included); a trial past it ends as ``timeout`` with its partial AP recorded.
+    """
+
     epochs: int | None = None
-    steps: int | None = None
-    seconds: float | None = CPU_TRAIN_SECONDS
+    steps: int | None = PROXY_STEPS
+    seconds: float | None = None
+    max_seconds: float | None = TRIAL_MAX_SECONDS
+    seed: int = 0
     batch_size: int = 16
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 0.004
@@ -114,6 +133,30 @@ class TrainSection(_Section):
     amp: bool = True
     device: str = "cpu"
     threads: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _other_budget(cls, data: Any) -> Any:
+        """``seconds`` or ``epochs`` given without ``steps`` replace the default step budget (not add to it)."""
+        if isinstance(data, dict) and "steps" not in data and \
+                (data.get("seconds") is not None or data.get("epochs") is not None):
+            data = {**data, "steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainSection:
+        if self.epochs is None and self.steps is None and self.seconds is None:
+            raise ValueError("set a training budget: train.steps (default), train.epochs or train.seconds")
+        for name in ("epochs", "steps", "seconds", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"train.{name} must be positive (or null), got {value}")
+        return self
+
+    def budget_label(self) -> str:
+        parts = [f"{v:g} {k}" for k, v in (("steps", self.steps), ("epochs", self.epochs),
+                                            ("seconds", self.seconds)) if v is not None]
+        return " or ".join(parts)
 
 
 class LatencySection(_Section):

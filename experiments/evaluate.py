@@ -24,11 +24,12 @@ from search_space.errors import (
     OutOfMemory,
     SpecError,
     TrainingDiverged,
+    TrialTimeout,
 )
 from search_space.spec import ArchSpec
 
-State = Literal["complete", "pruned", "infeasible", "failed"]
-STATES: tuple[State, ...] = ("complete", "pruned", "infeasible", "failed")
+State = Literal["complete", "pruned", "infeasible", "failed", "timeout"]
+STATES: tuple[State, ...] = ("complete", "pruned", "infeasible", "failed", "timeout")
 
 
 class Reporter(Protocol):
@@ -154,10 +155,11 @@ def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, re
     threads = t.threads or max(1, int(cfg.budget.cpu))
     trainer = ProxyTrainer(
         TrainConfig(batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr, ema=t.ema, amp=t.amp,
-                    device=t.device, threads=threads, seed=cfg.sampler.seed),
+                    device=t.device, threads=threads, seed=t.seed),
         [_Report()],
     )
-    fit = trainer.fit(model, data, TrainBudget(epochs=t.epochs, steps=t.steps, seconds=t.seconds))
+    budget = TrainBudget(epochs=t.epochs, steps=t.steps, seconds=t.seconds, max_seconds=t.max_seconds)
+    fit = trainer.fit(model, data, budget)
     result.history = fit.history
     result.metrics.update({k: v for k, v in fit.metrics.items() if k not in ("epoch", "step")})
     result.metrics.update(train_seconds=fit.train_seconds, images_per_second=fit.images_per_second,
@@ -167,6 +169,10 @@ def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, re
         path = weights_dir / f"{spec.arch_id}.pt"
         torch.save(fit.model.state_dict(), path)
         result.weights_path = str(path)
+    if fit.timed_out:
+        raise TrialTimeout(f"hit the wall-clock cap train.max_seconds={t.max_seconds:g} after {fit.steps} steps "
+                           f"(budget: {t.budget_label()}); the AP recorded ({fit.ap:.4f}) is partial. Raise "
+                           "train.max_seconds or lower the budget")
     if cfg.gradient_path.measured and fit.model is not None:
         _measured_gradients(fit.model, data, result)
 
@@ -203,8 +209,11 @@ def evaluate_candidate(
         if not isinstance(spec, ArchSpec):
             spec = ArchSpec.from_dict(spec, source="candidate")
         result.arch_id, result.spec = spec.arch_id, spec.to_dict()
+        import torch
+
         from search_space.builder import build_detector
 
+        torch.manual_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
         model = build_detector(spec)
         _cheap_objectives(spec, model, cfg, result)
         violated = {k: v for k, v in constraint_values(cfg, result.metrics).items() if v > 0}
@@ -214,6 +223,8 @@ def evaluate_candidate(
         result.state = "complete"
     except InfeasibleCandidate as err:
         result.state, result.reason = "infeasible", str(err)
+    except TrialTimeout as err:
+        result.state, result.reason = "timeout", str(err)
     except (SpecError, TrainingDiverged, DataError, OutOfMemory) as err:
         result.state, result.reason = "failed", f"{type(err).__name__}: {err}"
     except GpnasError as err:

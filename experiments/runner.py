@@ -431,10 +431,15 @@ def run_search(
         fn = tune.with_parameters(trainable, cfg_json=cfg.model_dump_json(), base_json=space.base.model_dump_json(),
                                   weights_dir=str(folder / "weights"))
         part = len(list((folder / "ray").glob("part-*"))) if (folder / "ray").is_dir() else 0
+        search_alg, max_concurrent = searcher, cfg.budget.max_concurrent
+        if cfg.sampler.reproducible:  # rounds: the sampler sees the same finished trials whatever the timing
+            from ray.tune.search import ConcurrencyLimiter
+
+            search_alg, max_concurrent = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent, batch=True), None
         tuner = tune.Tuner(
             tune.with_resources(fn, resources),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=remaining,
+                                        max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=f"part-{part}", storage_path=str(folder / "ray"), verbose=0,
                                       callbacks=[_progress_callback(recorder, cfg.budget.num_trials,
                                                                     st.finished(recs), start)]),

@@ -1,8 +1,8 @@
 """The Optuna study of a search: the single source of truth (DESIGN.md).
 
 Every ended trial has a row: COMPLETE (values; infeasible ones carry a violated constraint), PRUNED or FAIL, with
-user attributes ``gpnas_state`` (complete / pruned / infeasible / failed / interrupted), ``reason``, ``arch_id``
-and ``result`` (the TrialResult without the per-layer table, which lives in the trial folder).
+user attributes ``gpnas_state`` (complete / pruned / infeasible / failed / timeout / interrupted), ``reason``,
+``arch_id`` and ``result`` (the TrialResult without the per-layer table, which lives in the trial folder).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from experiments.evaluate import TrialResult
 
 STUDY_FILE = "study.db"
-COUNTED_STATES = ("complete", "pruned", "infeasible", "failed")
+COUNTED_STATES = ("complete", "pruned", "infeasible", "failed", "timeout")
 
 
 def storage_url(folder: Path) -> str:
@@ -104,7 +104,9 @@ def tell_result(study: Any, ot_trial: Any, result: TrialResult, objectives: tupl
     ot_trial.set_user_attr("reason", result.reason)
     ot_trial.set_user_attr("result", json.dumps(compact, default=str))
     state = {"complete": optuna.trial.TrialState.COMPLETE, "infeasible": optuna.trial.TrialState.COMPLETE,
-             "pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}[result.state]
+             "pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL,
+             # a partial AP must not teach the sampler: the study keeps it in the result, not as a value
+             "timeout": optuna.trial.TrialState.FAIL}[result.state]
     values = None
     if state == optuna.trial.TrialState.COMPLETE:
         values = [0.0 if (o == "ap" and result.state == "infeasible") else v

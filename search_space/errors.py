@@ -33,3 +33,7 @@ class TrainingDiverged(GpnasError, RuntimeError):
 
 class OutOfMemory(GpnasError, RuntimeError):
     """A candidate did not fit in device memory."""
+
+
+class TrialTimeout(GpnasError, RuntimeError):
+    """A trial's training hit its wall-clock cap (``train.max_seconds``); its partial AP is recorded, not scored."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from experiments.config import load_config
+from experiments.config import PROXY_STEPS, load_config
 from search_space.errors import ConfigError
 from search_space.presets import get_preset
 from search_space.space import SearchSpace
@@ -45,7 +45,21 @@ def test_search_train_defaults_match_the_benchmarked_proxy_trainer() -> None:
     search, trainer = SearchConfig(name="x").train, TrainConfig()
     assert (search.batch_size, search.optimizer, search.lr) == (trainer.batch_size, trainer.optimizer, trainer.lr)
     assert (search.ema, search.amp) == (trainer.ema, trainer.amp)
-    assert search.seconds == 90.0  # the CPU budget benchmarks/proxy_training.py reports
+    assert (search.steps, search.seconds) == (PROXY_STEPS, None)  # a work budget by default
+    assert search.max_seconds and search.max_seconds > 0  # with a wall-clock safety
+
+
+def test_seconds_alone_selects_the_time_mode_and_a_budget_is_required() -> None:
+    cfg = load_config(None, ["train.seconds=30"])
+    assert (cfg.train.steps, cfg.train.seconds) == (None, 30)
+    both = load_config(None, ["train.seconds=30", "train.steps=50"])
+    assert (both.train.steps, both.train.seconds) == (50, 30)  # whichever comes first
+    epochs = load_config(None, ["train.epochs=2"]).train
+    assert (epochs.epochs, epochs.steps) == (2, None)  # another budget alone replaces the default steps
+    with pytest.raises(ConfigError, match="set a training budget"):
+        load_config(None, ["train.steps=null"])
+    with pytest.raises(ConfigError, match="max_seconds must be positive"):
+        load_config(None, ["train.max_seconds=0"])
 
 
 def test_missing_config_lists_packaged_ones(tmp_path) -> None:

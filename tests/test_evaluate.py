@@ -39,3 +39,38 @@ def test_invalid_spec_is_a_recorded_failure(cfg) -> None:
     result = evaluate_candidate({"block": "csp", "fusion": "sideways"}, cfg)
     assert result.state == "failed"
     assert "fusion" in result.reason and "SpecError" in result.reason
+
+
+def test_same_spec_seed_and_work_budget_give_the_same_ap(cfg) -> None:
+    import torch
+
+    spec = get_preset("yolor-v3-nano").replace(width_multiple=0.0625)
+    cfg = load_config(None, ["data.n_train=24", "data.n_val=8", "train.steps=6", "train.batch_size=8",
+                             "latency.enabled=false", "objectives=[ap, gflops]", "train.seed=3"])
+    first = evaluate_candidate(spec, cfg)
+    torch.manual_seed(999)  # another trial ran in this worker before: its RNG state must not matter
+    torch.randn(100)
+    second = evaluate_candidate(spec, cfg)
+    assert first.state == second.state == "complete"
+    assert first.metrics["ap"] == second.metrics["ap"]
+    assert [h["ap"] for h in first.history] == [h["ap"] for h in second.history]
+
+
+def test_trial_past_its_wall_clock_cap_is_recorded_as_timeout(cfg, tmp_path) -> None:
+    from experiments.study import COUNTED_STATES, open_storage, tell_result, trial_record
+
+    cfg = load_config(None, ["data.n_train=24", "data.n_val=8", "train.steps=100000", "train.batch_size=8",
+                             "train.max_seconds=1", "latency.enabled=false", "objectives=[ap, gflops]"])
+    result = evaluate_candidate(get_preset("yolor-v3-nano").replace(width_multiple=0.0625), cfg)
+    assert result.state == "timeout"
+    assert "train.max_seconds=1" in result.reason and "partial" in result.reason
+    assert "ap" in result.metrics and result.history  # the partial AP is kept, for the record
+
+    import optuna
+
+    study = optuna.create_study(storage=open_storage(tmp_path / "t"), directions=cfg.directions())
+    trial = study.ask()
+    tell_result(study, trial, result, cfg.objectives, {})
+    rec = trial_record(study.get_trials()[0])
+    assert rec.state == "timeout" and rec.state in COUNTED_STATES and rec.values is None  # not a scored point
+    assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL

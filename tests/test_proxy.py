@@ -162,3 +162,41 @@ def test_config_errors() -> None:
 def test_batch_larger_than_train_set_is_a_config_error(data: ProxyData, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="batch_size 64"):
         ProxyTrainer(TrainConfig(batch_size=64)).fit(_model(), data, TrainBudget(steps=1))
+
+
+def _weights_after(data: ProxyData, steps: int) -> tuple[float, dict[str, torch.Tensor]]:
+    torch.manual_seed(123)  # whatever the process did before, the fit's seed decides the batches
+    result = ProxyTrainer(TrainConfig(batch_size=8, threads=1, seed=5)).fit(_model(), data, TrainBudget(steps=steps))
+    assert result.model is not None
+    return result.ap, {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def test_work_budget_is_bit_identical_on_a_quiet_and_a_loaded_machine(data: ProxyData) -> None:
+    import subprocess
+    import sys
+
+    ap_quiet, quiet = _weights_after(data, 12)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        ap_loaded, loaded = _weights_after(data, 12)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert ap_quiet == ap_loaded
+    assert quiet.keys() == loaded.keys()
+    for name in quiet:
+        assert torch.equal(quiet[name], loaded[name]), name
+
+
+def test_wall_clock_cap_stops_the_run_and_says_so(data: ProxyData) -> None:
+    rec = Recorder()
+    result = ProxyTrainer(TrainConfig(batch_size=8), [rec]).fit(
+        _model(), data, TrainBudget(steps=100_000, max_seconds=1.0))
+    assert result.timed_out and 1 <= result.steps < 100_000
+    assert rec.metrics and result.ap == rec.metrics[-1]["ap"]  # the partial AP was evaluated
+
+
+def test_max_seconds_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="max_seconds"):
+        TrainBudget(steps=3, max_seconds=0)

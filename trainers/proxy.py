@@ -1,11 +1,15 @@
 """Budgeted proxy training of one candidate, to COCO AP (STYLE.md 7).
 
-One explicit loop with budget knobs (epochs, steps, seconds) and no-op callback hooks; reporting and early
-stopping are callbacks. A NaN or inf loss raises TrainingDiverged naming the step.
+One explicit loop with budget knobs (epochs, steps, seconds; a wall-clock cap as a safety) and no-op callback
+hooks; reporting and early stopping are callbacks. A NaN or inf loss raises TrainingDiverged naming the step.
 
-The defaults are tuned for what proxy training is for: ranking candidates after a few hundred steps on a CPU
-(about 90 s on two cores for a ``-nano`` preset on the bundled digits set), not for the best final AP. See
-:data:`PROXY_HYP` and :class:`TrainConfig` for the measurements behind them.
+What is deterministic: on CPU, the same model initialisation, ``seed``, thread count and step/epoch budget give
+bit-identical weights and AP whatever else runs on the machine (the batches follow ``seed``, the val order is
+fixed, no kernel here picks its algorithm by timing). Different thread counts change the summation order, and so
+the last bits. A ``seconds`` budget is not deterministic: how far a run gets depends on the machine's load.
+
+The defaults are tuned for what proxy training is for: ranking candidates after a few hundred steps on a CPU,
+not for the best final AP. See :data:`PROXY_HYP` and :class:`TrainConfig` for the measurements behind them.
 """
 
 from __future__ import annotations
@@ -39,18 +43,22 @@ PROXY_HYP = LossHyp(cls=4.0)
 class TrainBudget:
     """Stop at whichever comes first. At least one of epochs, steps, seconds must be set.
 
-    ``seconds`` counts training time (data loading, steps, callbacks), not the evaluations of the val split,
-    so every candidate gets the same optimisation time whatever its evaluation costs.
+    ``steps`` and ``epochs`` are work budgets: the same spec, seed and budget give the same weights (and AP) on a
+    quiet or a loaded machine. ``seconds`` counts training time (data loading, steps, callbacks), not the
+    evaluations of the val split — "AP at equal compute", which depends on the machine and its load.
+    ``max_seconds`` is a safety, not a budget: wall time (evaluations included) after which the run stops,
+    evaluates what it has and reports ``timed_out``.
     """
 
     epochs: int | None = None
     steps: int | None = None
     seconds: float | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
             raise ConfigError("train budget: set at least one of epochs, steps or seconds")
-        for name in ("epochs", "steps", "seconds"):
+        for name in ("epochs", "steps", "seconds", "max_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"train budget: {name} must be positive, got {value}")
@@ -125,6 +133,7 @@ class FitResult:
     images_per_second: float
     stopped_early: bool
     eval_seconds: float = 0.0
+    timed_out: bool = False
     model: nn.Module | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,6 +272,8 @@ class ProxyTrainer:
         self.step = self.epoch = 0
         self.should_stop = False
         self._clock = clock = _Stopwatch()
+        wall_start = time.perf_counter()
+        timed_out = False
         self._emit("on_fit_start")
         while not self._exhausted(budget):
             model.train()
@@ -276,15 +287,16 @@ class ProxyTrainer:
                 self.step += 1
                 images += imgs.shape[0]
                 self._emit("on_step_end", parts)
-                if self._exhausted(budget):
+                timed_out = budget.max_seconds is not None and time.perf_counter() - wall_start >= budget.max_seconds
+                if timed_out or self._exhausted(budget):
                     break
             self.epoch += 1
-            if self._exhausted(budget) or self.should_stop or self.epoch % cfg.eval_every == 0:
+            if timed_out or self._exhausted(budget) or self.should_stop or self.epoch % cfg.eval_every == 0:
                 with clock.paused():
                     metrics = self._evaluate(ema.ema if ema else model, data, device)
                     history.append(metrics)
                     self._emit("on_epoch_end", metrics)
-            if self.should_stop:
+            if self.should_stop or timed_out:
                 break
         train_time = clock.elapsed()
         result = FitResult(
@@ -298,6 +310,7 @@ class ProxyTrainer:
             images_per_second=images / train_time if train_time > 0 else 0.0,
             stopped_early=self.should_stop,
             eval_seconds=clock.paused_seconds,
+            timed_out=timed_out,
             model=ema.ema if ema else model,
         )
         self._emit("on_fit_end", result)
