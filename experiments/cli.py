@@ -76,8 +76,12 @@ def train(
     val_data: Annotated[str | None, typer.Option(help="Val annotation JSON (default: --data).")] = None,
     val_images: Annotated[str | None, typer.Option(help="Val images folder (default: --images).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epoch budget.")] = None,
-    seconds: Annotated[float | None, typer.Option(help="Time budget (default 90 s if no budget given).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Step budget.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Time budget: AP at equal compute (machine-dependent).")]
+    = None,
+    steps: Annotated[int | None, typer.Option(help="Step budget (default: the search's, if no budget is given).")]
+    = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Wall-clock cap; past it the run stops, partial.")]
+    = None,
     img: Annotated[int | None, typer.Option(help="Training size (default: the spec's).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
@@ -90,13 +94,14 @@ def train(
 
     out = train_candidate(
         resolve_arch(arch), data=data, images=images, val_data=val_data, val_images=val_images, epochs=epochs,
-        seconds=seconds, steps=steps, img=img, device=device, seed=seed, progress=not as_json, save=save,
+        seconds=seconds, steps=steps, max_seconds=max_seconds, img=img, device=device, seed=seed,
+        progress=not as_json, save=save,
     )
     if as_json:
         _print_json(out)
         return
     table = Table(show_header=False, title=f"proxy training of {out['name'] or out['arch_id']} on {out['data']}")
-    for key in ("ap", "ap50", "ap75", "train_seconds", "images_per_second", "epochs", "steps"):
+    for key in ("ap", "ap50", "ap75", "train_seconds", "images_per_second", "epochs", "steps", "timed_out"):
         value = out.get(key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
@@ -210,6 +215,68 @@ def export(
         console.print(f"  {out / entry['spec']}  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
                       f"gflops {entry['gflops']:.4f}")
     console.print(f"wrote {len(manifest['architectures'])} architectures and {out / 'manifest.json'}")
+
+
+@app.command()
+def fidelity(
+    search: Annotated[str | None, typer.Argument(help="Search name (under --root) or its folder.")] = None,
+    panel: Annotated[str | None, typer.Option(help="A named panel instead of a search (nano).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="With --panel: config overrides, e.g. "
+                                                          "train.steps=600.")] = None,
+    config: Annotated[str, typer.Option(help="With --panel: the config whose data and train settings apply.")]
+    = "demo",
+    factor: Annotated[float, typer.Option(help="Reference budget = factor × the proxy budget.")] = 4.0,
+    seeds: Annotated[int, typer.Option(help="Seeds at the proxy budget (seed-to-seed ρ needs 2).")] = 2,
+    reference_seeds: Annotated[int, typer.Option(help="Seeds at the reference budget.")] = 1,
+    candidates: Annotated[int, typer.Option(help="From a search: front + spread sample, this many.")] = 8,
+    workers: Annotated[int | None, typer.Option(help="Runs at once (default: budget.max_concurrent).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: SEARCH/fidelity).")] = None,
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the report to MLflow.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Does the proxy ranking hold? Re-train candidates longer and with more seeds; report ρ, τ and baselines.
+
+    Long work: every finished run is kept, so a stopped or killed fidelity run continues where it stopped."""
+    from experiments.fidelity import run_fidelity
+
+    if search is not None and panel is not None:
+        overrides = [search, *(overrides or [])]  # with --panel, the first positional is an override
+        search = None
+    report = run_fidelity(
+        search, panel_name=panel, root=root, config=config, overrides=tuple(overrides or ()), factor=factor,
+        n_seeds=seeds, n_reference_seeds=reference_seeds, max_candidates=candidates, workers=workers, out=out,
+        mlflow=not no_mlflow, say=(lambda s: None) if as_json else (lambda s: console.print(s, highlight=False)),
+    )
+    if as_json:
+        _print_json(report)
+        return
+    _print_fidelity(report)
+
+
+def _print_fidelity(report: dict[str, Any]) -> None:
+    seeds = report["proxy_seeds"]
+    table = Table("candidate", "arch_id", *[f"proxy AP s{s}" for s in seeds], "reference AP", "GFLOPs",
+                  title=f"proxy fidelity ({report['settings']['proxy']} vs {report['settings']['reference']})")
+    for e in report["candidates"]:
+        table.add_row(e["label"], e["arch_id"], *[f"{e[f'proxy_ap_s{s}']:.4f}" for s in seeds],
+                      f"{e['reference_ap']:.4f}", f"{e.get('gflops', float('nan')):.4f}")
+    console.print(table)
+    def fmt(v):
+        return (f"{v:.3f}" if isinstance(v, float) and v == v else str(v))
+    console.print(f"Spearman ρ {fmt(report['spearman'])} · Kendall τ {fmt(report['kendall'])} · top-"
+                  f"{report['top_k']} overlap {fmt(report['top_k_overlap'])} · seed-to-seed ρ "
+                  f"{fmt(report['seed_spearman'])} · ρ of GFLOPs {fmt(report['baselines'].get('gflops'))}, "
+                  f"params {fmt(report['baselines'].get('params'))}", highlight=False)
+    best_gp = sorted(((k, v) for k, v in report["baselines"].items() if k.startswith("gp_") and v == v),
+                     key=lambda kv: -abs(kv[1]))[:3]
+    if best_gp:
+        console.print("strongest gp_* features: " + ", ".join(f"{k} {v:+.3f}" for k, v in best_gp), highlight=False)
+    if report["incomplete"]:
+        console.print(f"left out (a run failed or timed out): {', '.join(report['incomplete'])}")
+    console.print(f"[bold]verdict:[/] {report['verdict']}", highlight=False)
+    console.print(f"table, JSON and scatter plot in {report['folder']}"
+                  + (f"; MLflow run {report['mlflow_run_id']}" if report.get("mlflow_run_id") else ""))
 
 
 @app.command()

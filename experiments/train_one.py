@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from experiments.config import CPU_TRAIN_SECONDS, DIGITS_N_TRAIN, DIGITS_N_VAL
+from experiments.config import DIGITS_N_TRAIN, DIGITS_N_VAL, PROXY_STEPS
 from search_space.errors import ConfigError
 from search_space.spec import ArchSpec
 
@@ -42,6 +42,7 @@ def train_candidate(
     epochs: int | None = None,
     seconds: float | None = None,
     steps: int | None = None,
+    max_seconds: float | None = None,
     img: int | None = None,
     device: str = "cpu",
     seed: int = 0,
@@ -49,9 +50,11 @@ def train_candidate(
     save: Path | None = None,
     **train_overrides: Any,
 ) -> dict[str, Any]:
-    """Train ``spec`` with a budget (default 90 s) and return ap, ap50, …, train_seconds, images_per_second.
+    """Train ``spec`` with a budget (default: the search's work budget, ``PROXY_STEPS`` steps) and return ap,
+    ap50, …, train_seconds, images_per_second, timed_out.
 
-    ``seed`` seeds the weight initialisation as well as the trainer (batch order, augmentation).
+    ``seed`` seeds the weight initialisation as well as the trainer (batch order, augmentation). A step or epoch
+    budget gives the same AP on a quiet or a loaded machine; ``seconds`` gives AP at equal compute.
     """
     import torch
 
@@ -73,8 +76,8 @@ def train_candidate(
     if proxy.num_classes != spec.num_classes:
         spec = spec.replace(num_classes=proxy.num_classes)
     if epochs is None and seconds is None and steps is None:
-        seconds = CPU_TRAIN_SECONDS
-    budget = TrainBudget(epochs=epochs, steps=steps, seconds=seconds)
+        steps = PROXY_STEPS
+    budget = TrainBudget(epochs=epochs, steps=steps, seconds=seconds, max_seconds=max_seconds)
     callbacks = [ProgressBar(total_seconds=seconds, total_steps=steps)] if progress else []
     config = TrainConfig(device=device, seed=seed, **train_overrides)
     torch.manual_seed(seed)

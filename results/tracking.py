@@ -28,7 +28,7 @@ TRIAL_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gfl
                  "params_m", "params_fused", "latency_ms", "latency_iqr_ms", "latency_cv", "train_seconds",
                  "images_per_second", "epochs")
 RUN_STATUS = {"complete": "FINISHED", "infeasible": "FINISHED", "pruned": "KILLED", "failed": "FAILED",
-              "interrupted": "FAILED"}
+              "timeout": "KILLED", "interrupted": "FAILED"}
 
 
 def default_tracking_uri(folder: Path) -> str:
@@ -235,6 +235,42 @@ class MlflowTracker:
         paths = write_report(recs, list(cfg.objectives), cfg.directions(), out)
         for path in paths.values():
             self.client.log_artifact(self.parent_id, str(path), artifact_path="report")
+
+    # ------------------------------------------------------------------------------------------- fidelity
+    def log_fidelity(self, experiment: str, out: Path, report: dict[str, Any], artifacts: list[Path],
+                     settings: dict[str, Any], search_folder: Path | None = None) -> str:
+        """One run per fidelity folder (found again on a rerun), under the search's run when there is one:
+        the rank statistics as metrics, the verdict as a tag, the table, JSON and scatter plot as artifacts."""
+        self.experiment_id = self._experiment(experiment)
+        tags = {"gpnas.role": "fidelity", "gpnas.fidelity_folder": str(out),
+                "gpnas.verdict": str(report.get("verdict", ""))[:5000]}
+        if search_folder is not None:
+            parents = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`gpnas.role` = 'search' and tags.`gpnas.folder` = '{search_folder}'",
+                max_results=1)
+            if parents:
+                tags["mlflow.parentRunId"] = parents[0].info.run_id
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`gpnas.role` = 'fidelity' and tags.`gpnas.fidelity_folder` = '{out}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, v)
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name="fidelity", tags=tags).info.run_id
+            for key, value in _flatten(settings).items():
+                self.client.log_param(run_id, key, value[:6000])
+        numbers = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers.update({f"baseline_rho_{k}": v for k, v in report.get("baselines", {}).items()})
+        for key, value in numbers.items():
+            if value == value:  # MLflow stores NaN, but the UI sorts it badly: leave undefined statistics out
+                self.client.log_metric(run_id, key, float(value))
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
 
     def how_to_open(self) -> str:
         if self.uri.startswith("sqlite:"):

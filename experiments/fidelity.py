@@ -1,0 +1,365 @@
+"""Library side of `gpnas fidelity`: re-train candidates at a longer budget and with more seeds, and measure how
+far the proxy ranking agrees (results/fidelity_report.py holds the statistics).
+
+Each training run is one *job* (candidate × ``proxy``/``reference`` budget × seed), trained by the same
+:func:`evaluate_candidate` a search uses, so a proxy job reproduces the search's AP exactly (work budgets are
+deterministic). Finished jobs are appended to ``runs.jsonl`` in the output folder as they end; a killed run resumes
+from it, and the plan (``plan.json``) must match for a resume to use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.config import SearchConfig, load_config
+from search_space.errors import ConfigError
+from search_space.spec import ArchSpec
+
+PLAN_FILE, RUNS_FILE = "plan.json", "runs.jsonl"
+FIDELITY_DIR = "fidelity"
+
+
+# ------------------------------------------------------------------------------------------------ panels
+def nano_panel() -> dict[str, ArchSpec]:
+    """Twelve nano candidates spanning the families: plain and PRN residuals, the four CSP fusions and two split
+    ratios, ELAN stack counts for backbone and neck, and two widths."""
+    from search_space.presets import get_preset
+
+    v3, csp, elan = get_preset("yolor-v3-nano"), get_preset("yolor-csp-nano"), get_preset("yolor-elan-nano")
+    half = 0.0625
+    return {
+        "v3": v3,
+        "prn-0.5": v3.replace(mask_ratio=0.5, name=None),
+        "csp-both": csp,
+        "csp-first": csp.replace(fusion="first", name=None),
+        "csp-last": csp.replace(fusion="last", name=None),
+        "csp-none": csp.replace(fusion="none", name=None),
+        "csp-split-0.25": csp.replace(split_ratio=0.25, name=None),
+        "elan-2-1": elan,
+        "elan-1-1": elan.replace(backbone_stacks=1, neck_stacks=1, name=None),
+        "elan-3-2": elan.replace(backbone_stacks=3, neck_stacks=2, name=None),
+        "csp-both-w/2": csp.replace(width_multiple=half, name=None),
+        "elan-2-1-w/2": elan.replace(width_multiple=half, name=None),
+    }
+
+
+PANELS: dict[str, Callable[[], dict[str, ArchSpec]]] = {"nano": nano_panel}
+
+
+def panel(name: str) -> dict[str, ArchSpec]:
+    if name not in PANELS:
+        raise ConfigError(f"--panel {name!r}: no such panel; valid panels: {', '.join(PANELS)}")
+    return PANELS[name]()
+
+
+def scaled(specs: dict[str, ArchSpec], *, width: float = 1.0, img: float = 1.0) -> dict[str, ArchSpec]:
+    """The same candidates at ``width`` × their width and ``img`` × their input size (the cross-scale check);
+    anchors grow with the input, since the objects do."""
+    def grow(s: ArchSpec) -> ArchSpec:
+        anchors = [[(w * img, h * img) for w, h in level] for level in s.anchors]
+        return s.replace(width_multiple=s.width_multiple * width, img_size=round(s.img_size * img),
+                         anchors=anchors, name=None)
+
+    return {label: grow(s) for label, s in specs.items()}
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class FidelityPlan:
+    """What to train: candidates, the proxy budget (the config's ``train``), ``factor`` × it as the reference,
+    ``seeds`` at the proxy budget (the first is the config's ``train.seed``) and ``reference_seeds``."""
+
+    candidates: dict[str, ArchSpec]
+    cfg: SearchConfig
+    factor: float = 4.0
+    seeds: tuple[int, ...] = (0, 1)
+    reference_seeds: tuple[int, ...] = (0,)
+    source: str = "panel"
+    recorded: tuple[dict[str, Any], ...] = ()  # proxy runs a search already made (seed = train.seed)
+
+    def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ConfigError(f"--factor {self.factor}: the reference budget must be at least the proxy's (>= 1)")
+        if not self.seeds:
+            raise ConfigError("fidelity needs at least one proxy seed")
+        if len(self.candidates) < 2:
+            raise ConfigError(f"fidelity needs at least 2 candidates, got {len(self.candidates)}")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every run, candidate by candidate (so a stopped run leaves whole candidates behind)."""
+        out = []
+        for label in self.candidates:
+            out += [{"label": label, "kind": "proxy", "seed": s} for s in self.seeds]
+            out += [{"label": label, "kind": "reference", "seed": s} for s in self.reference_seeds]
+        return out
+
+    def budget(self, kind: str) -> dict[str, float | None]:
+        t = self.cfg.train
+        scale = self.factor if kind == "reference" else 1.0
+        def grow(v):
+            return (None if v is None else v * scale)
+        steps, epochs = grow(t.steps), grow(t.epochs)
+        return {"steps": None if steps is None else round(steps),
+                "epochs": None if epochs is None else round(epochs),
+                "seconds": grow(t.seconds), "max_seconds": grow(t.max_seconds)}
+
+    def job_config(self, job: dict[str, Any]) -> SearchConfig:
+        """The search config a job trains under: the proxy's or the reference budget, the job's seed, no latency
+        and no measured gradients (they do not change with the budget). Threads stay the search's (train.threads
+        or budget.cpu): results are bit-identical only for the same thread count."""
+        data = self.cfg.model_dump(mode="json")
+        data["train"].update({**self.budget(job["kind"]), "seed": job["seed"]})
+        data["latency"]["enabled"] = False
+        data["objectives"] = [o for o in data["objectives"] if o != "latency_ms"] or ["ap"]
+        data["gradient_path"]["measured"] = False
+        return SearchConfig(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "factor": self.factor, "seeds": list(self.seeds),
+                "reference_seeds": list(self.reference_seeds), "proxy_budget": self.budget("proxy"),
+                "reference_budget": self.budget("reference"), "data": self.cfg.data.model_dump(mode="json"),
+                "candidates": {k: s.arch_id for k, s in self.candidates.items()}}
+
+
+def key(job: dict[str, Any]) -> str:
+    return f"{job['label']}|{job['kind']}|{job['seed']}"
+
+
+def plan_from_search(folder: Path, cfg: SearchConfig, *, max_candidates: int = 8, factor: float = 4.0,
+                     seeds: tuple[int, ...] = (), reference_seeds: tuple[int, ...] = (0,)) -> FidelityPlan:
+    """The search's Pareto front plus a spread sample of its other complete trials (evenly spaced in proxy AP),
+    ``max_candidates`` in all. The search's own results stand for the proxy runs at ``train.seed``."""
+    from experiments.study import load_study, records
+    from results.front import competing, front_summary
+
+    recs = records(load_study(folder, cfg.name))
+    done = {r.number: r for r in competing(recs, cfg.objectives)}
+    if len(done) < 2:
+        raise ConfigError(f"search '{cfg.name}' has {len(done)} complete trial(s); fidelity needs at least 2 "
+                          "(finish it with `gpnas resume`)")
+    chosen = [n for n in front_summary(recs, cfg).front if n in done][:max_candidates]
+    rest = sorted((n for n in done if n not in chosen), key=lambda n: done[n].metric("ap"))
+    room = max(0, max_candidates - len(chosen))
+    if rest and room:
+        picks = {round(i * (len(rest) - 1) / max(1, room - 1)) for i in range(room)} if room > 1 else {len(rest) // 2}
+        chosen += [rest[i] for i in sorted(picks)]
+    candidates, recorded = {}, []
+    for n in chosen:
+        rec = done[n]
+        label = f"trial-{n}"
+        candidates[label] = ArchSpec.from_dict(rec.result.spec, source=f"trial {n}")  # type: ignore[union-attr]
+        recorded.append({**_row(label, "proxy", cfg.train.seed, rec.result), "recorded_from_trial": n})
+    seeds = seeds or (cfg.train.seed, cfg.train.seed + 1)
+    if seeds[0] != cfg.train.seed:
+        seeds = (cfg.train.seed, *[s for s in seeds if s != cfg.train.seed])
+    return FidelityPlan(candidates, cfg, factor, seeds, reference_seeds, source=f"search {cfg.name}",
+                        recorded=tuple(recorded))
+
+
+def plan_from_panel(name: str, *, config: str = "demo", overrides: tuple[str, ...] = (), factor: float = 4.0,
+                    seeds: tuple[int, ...] = (0, 1), reference_seeds: tuple[int, ...] = (0,),
+                    candidates: dict[str, ArchSpec] | None = None) -> FidelityPlan:
+    """A named panel (or the given candidates) trained under ``config``'s data and ``train`` section."""
+    cfg = load_config(config, list(overrides))
+    if seeds[0] != cfg.train.seed:
+        cfg = load_config(config, [*overrides, f"train.seed={seeds[0]}"])
+    return FidelityPlan(candidates or panel(name), cfg, factor, tuple(seeds), tuple(reference_seeds),
+                        source=f"panel {name}")
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _row(label: str, kind: str, seed: int, result: Any) -> dict[str, Any]:
+    m = result.metrics
+    aps = [h["ap"] for h in result.history if "ap" in h]
+    return {"label": label, "kind": kind, "seed": seed, "arch_id": result.arch_id, "state": result.state,
+            "reason": result.reason, "ap": m.get("ap", math.nan), "ap50": m.get("ap50", math.nan),
+            "ap_last2": sum(aps[-2:]) / len(aps[-2:]) if aps else math.nan, "history_ap": aps,
+            "steps": m.get("steps"), "train_seconds": m.get("train_seconds"),
+            "evaluate_seconds": result.evaluate_seconds,
+            **{k: v for k, v in m.items() if k in ("gflops", "params") or k.startswith("gp_")}}
+
+
+def _die_with_parent() -> None:
+    """Pool workers end when the driver is killed (Linux), so a SIGKILLed fidelity run leaves no trainer behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_job(job: dict[str, Any], spec_json: str, cfg_json: str) -> dict[str, Any]:
+    """Train one job (in a pool worker or in-process) and return its row."""
+    from experiments.evaluate import evaluate_candidate
+
+    cfg = SearchConfig(**json.loads(cfg_json))
+    result = evaluate_candidate(ArchSpec(**json.loads(spec_json)), cfg)
+    return _row(job["label"], job["kind"], job["seed"], result)
+
+
+def load_rows(folder: Path) -> list[dict[str, Any]]:
+    path = folder / RUNS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill mid-write: that job runs again
+            continue
+    return rows
+
+
+def _check_plan(plan: FidelityPlan, folder: Path) -> None:
+    path = folder / PLAN_FILE
+    current = plan.to_dict()
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(current)):
+            diff = [k for k in current if saved.get(k) != json.loads(json.dumps(current[k]))]
+            raise ConfigError(f"{path}: this folder holds a fidelity run with other settings ({', '.join(diff)}); "
+                              "give another --out folder, or delete it to start over")
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2))
+
+
+def run_plan(plan: FidelityPlan, folder: Path, *, workers: int = 1, say: Callable[[str], None] = print
+             ) -> list[dict[str, Any]]:
+    """Train every job of ``plan`` not yet in ``folder`` (``workers`` at once, one process each); -> all rows."""
+    _check_plan(plan, folder)
+    rows = {key(r): r for r in load_rows(folder)}
+    with (folder / RUNS_FILE).open("a") as out:
+        for rec in plan.recorded:
+            if key(rec) not in rows:
+                rows[key(rec)] = rec
+                out.write(json.dumps(rec) + "\n")
+    todo = [j for j in plan.jobs() if key(j) not in rows]
+    total = len(plan.jobs())
+    say(f"fidelity ({plan.source}): {len(plan.candidates)} candidates, proxy {_label(plan.budget('proxy'))} × "
+        f"seeds {list(plan.seeds)}, reference {_label(plan.budget('reference'))} × seeds "
+        f"{list(plan.reference_seeds)}; {total - len(todo)}/{total} runs already done, {len(todo)} to train in "
+        f"{folder} ({workers} at once)")
+    if not todo:
+        return list(rows.values())
+    args = [(j, plan.candidates[j["label"]].model_dump_json(), plan.job_config(j).model_dump_json()) for j in todo]
+    start, finished = time.time(), 0
+
+    def record(row: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        rows[key(row)] = row
+        with (folder / RUNS_FILE).open("a") as out:
+            out.write(json.dumps(row, default=str) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        elapsed = time.time() - start
+        eta = elapsed / finished * (len(todo) - finished)
+        what = f"AP {row['ap']:.4f}" if row["state"] == "complete" else f"{row['state']}: {row['reason']}"
+        say(f"  [{total - len(todo) + finished}/{total}] {row['label']} {row['kind']} seed {row['seed']}: {what} "
+            f"({row['evaluate_seconds']:.0f} s) · {elapsed / 60:.1f} min elapsed · ETA {eta / 60:.1f} min")
+
+    if workers <= 1:
+        for a in args:
+            record(run_job(*a))
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+            pending = {pool.submit(run_job, *a) for a in args}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    record(fut.result())
+    return list(rows.values())
+
+
+def _label(budget: dict[str, float | None]) -> str:
+    return " or ".join(f"{v:g} {k}" for k, v in budget.items() if v is not None and k != "max_seconds")
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def run_fidelity(
+    search: str | None = None,
+    *,
+    panel_name: str | None = None,
+    root: str = "runs",
+    config: str = "demo",
+    overrides: tuple[str, ...] = (),
+    factor: float = 4.0,
+    n_seeds: int = 2,
+    n_reference_seeds: int = 1,
+    max_candidates: int = 8,
+    workers: int | None = None,
+    out: Path | None = None,
+    mlflow: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """`gpnas fidelity`: from a finished search (its front plus a spread sample) or a named panel; trains what is
+    missing, then writes ``fidelity.json``, ``fidelity.md`` and ``scatter.png`` to ``out`` and logs them to MLflow
+    (under the search's run). Returns the report."""
+    from results.fidelity_report import analyze, markdown, scatter_png
+
+    if (search is None) == (panel_name is None):
+        raise ConfigError("give either a search (name or folder) or --panel NAME (e.g. --panel nano), not both")
+    if n_seeds < 1 or n_reference_seeds < 1:
+        raise ConfigError(f"--seeds {n_seeds} / --reference-seeds {n_reference_seeds}: give at least 1 of each")
+    search_folder = None
+    if search is not None:
+        from experiments.study import open_search
+
+        if overrides:
+            raise ConfigError(f"overrides {list(overrides)} only apply with --panel; a search's fidelity uses the "
+                              "search's own config")
+        search_folder, cfg = open_search(search, root)
+        seed0 = cfg.train.seed
+        plan = plan_from_search(search_folder, cfg, max_candidates=max_candidates, factor=factor,
+                                seeds=tuple(range(seed0, seed0 + n_seeds)),
+                                reference_seeds=tuple(range(n_reference_seeds)))
+        out = out or search_folder / FIDELITY_DIR
+        experiment = cfg.name
+        uri = cfg.storage.tracking_uri
+    else:
+        assert panel_name is not None
+        plan = plan_from_panel(panel_name, config=config, overrides=overrides, factor=factor,
+                               seeds=tuple(range(n_seeds)), reference_seeds=tuple(range(n_reference_seeds)))
+        out = out or Path(root) / f"fidelity-{panel_name}"
+        experiment = f"fidelity-{panel_name}"
+        uri = None
+    out = out.resolve()
+    if plan.cfg.train.seconds is not None:
+        say("note: this budget includes train.seconds, so proxy AP depends on the machine's load; the rank "
+            "statistics below move with it")
+    if workers is None:
+        workers = 1 if plan.cfg.train.device.startswith("cuda") else \
+            max(1, min(plan.cfg.budget.max_concurrent, os.cpu_count() or 1))
+    rows = run_plan(plan, out, workers=workers, say=say)
+    report = analyze(rows, plan.seeds)
+    settings = {"source": plan.source, "proxy": _label(plan.budget("proxy")),
+                "reference": _label(plan.budget("reference")), "seeds": list(plan.seeds),
+                "reference_seeds": list(plan.reference_seeds)}
+    (out / "fidelity.json").write_text(json.dumps({"settings": settings, **report}, indent=2, default=str))
+    (out / "fidelity.md").write_text(markdown(report, settings))
+    artifacts = [out / "fidelity.json", out / "fidelity.md", scatter_png(report, out / "scatter.png")]
+    if mlflow:
+        from results.tracking import MlflowTracker, default_tracking_uri
+
+        home = search_folder or out
+        tracker = MlflowTracker(uri or default_tracking_uri(home), home)
+        if tracker.uri.startswith(("http://", "https://")):
+            tracker.check_reachable()
+        report["mlflow_run_id"] = tracker.log_fidelity(experiment, out, report, artifacts, settings,
+                                                       search_folder=search_folder)
+    report["folder"] = str(out)
+    report["settings"] = settings
+    return report
