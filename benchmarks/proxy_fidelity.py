@@ -14,7 +14,10 @@ takes seconds once every run is there). Work budgets make every AP independent o
 wall times printed depend on it.
 
     .venv/bin/python benchmarks/proxy_fidelity.py [--part nano|cross-scale|all] [--steps 300] [--factor 4]
-        [--seeds 0 1] [--workers 2] [--out runs/bench-fidelity] [--quick]
+        [--seeds 0 1] [--also 600] [--workers 2] [--out runs/bench-fidelity] [--set train.device=cuda] [--quick]
+
+The cross-scale part costs about 16x the nano panel per step (2x width, 2x input): on 2 CPU cores that is most of
+a day; run it on a GPU (``--set train.device=cuda --workers 1``).
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ def main() -> None:
                         help="nano: other proxy budgets (steps), ranked against the same reference runs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-fidelity"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, e.g. train.device=cuda budget.max_concurrent=1")
     parser.add_argument("--quick", action="store_true", help="tiny data and budgets: a smoke test of the script")
     args = parser.parse_args()
-    overrides = ["train.max_seconds=null"]
+    overrides = ["train.max_seconds=null", *args.set]
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
     if args.quick:

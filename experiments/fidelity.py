@@ -140,7 +140,10 @@ def plan_from_search(folder: Path, cfg: SearchConfig, *, max_candidates: int = 8
     from results.front import competing, front_summary
 
     recs = records(load_study(folder, cfg.name))
-    done = {r.number: r for r in competing(recs, cfg.objectives)}
+    done: dict[int, Any] = {}
+    for r in competing(recs, cfg.objectives):  # a repeated arch_id (a reused result) is one candidate
+        if all(r.arch_id != d.arch_id for d in done.values()):
+            done[r.number] = r
     if len(done) < 2:
         raise ConfigError(f"search '{cfg.name}' has {len(done)} complete trial(s); fidelity needs at least 2 "
                           "(finish it with `gpnas resume`)")
@@ -311,7 +314,7 @@ def run_fidelity(
     from results.fidelity_report import analyze, markdown, scatter_png
 
     if (search is None) == (panel_name is None):
-        raise ConfigError("give either a search (name or folder) or --panel NAME (e.g. --panel nano), not both")
+        raise ConfigError("give one of: a search (its name or folder), or --panel NAME (e.g. --panel nano)")
     if n_seeds < 1 or n_reference_seeds < 1:
         raise ConfigError(f"--seeds {n_seeds} / --reference-seeds {n_reference_seeds}: give at least 1 of each")
     search_folder = None
