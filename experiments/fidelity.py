@@ -101,10 +101,13 @@ class FidelityPlan:
         return out
 
     def budget(self, kind: str) -> dict[str, float | None]:
+        """The training budget of a ``proxy`` or ``reference`` run: the config's, or ``factor`` × it."""
         t = self.cfg.train
         scale = self.factor if kind == "reference" else 1.0
-        def grow(v):
-            return (None if v is None else v * scale)
+
+        def grow(value: float | None) -> float | None:
+            return None if value is None else value * scale
+
         steps, epochs = grow(t.steps), grow(t.epochs)
         return {"steps": None if steps is None else round(steps),
                 "epochs": None if epochs is None else round(epochs),
