@@ -238,3 +238,21 @@ def _experiment_id(uri: str, name: str) -> str:
 
     got = requests.get(f"{uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name}, timeout=10)
     return got.json()["experiment"]["experiment_id"]
+
+
+def test_same_config_twice_gives_the_same_candidates_aps_and_front(tmp_path: Path) -> None:
+    """Work budgets + seeded weights + proposals in rounds (sampler.reproducible): TPE proper (after 2 startup
+    trials) proposes the same candidates in both runs, whichever trial of a round finished first."""
+    from experiments.study import load_study, records
+
+    runs = []
+    for name in ("first", "second"):
+        path = _config(tmp_path, name, 4, sampler={"seed": 3, "n_startup_trials": 2},
+                       objectives=["ap", "gflops"], train={"steps": 4, "batch_size": 8})
+        _gpnas(tmp_path, "search", "--config", str(path), "--no-mlflow")
+        folder = tmp_path / "runs" / name
+        trials = {r.number: (r.arch_id, r.state, r.metric("ap")) for r in records(load_study(folder, name))}
+        runs.append((trials, _status(tmp_path, folder)["pareto"]))
+    (first, front1), (second, front2) = runs
+    assert len(first) == 4 and first == second, (first, second)
+    assert front1 == front2
