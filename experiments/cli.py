@@ -255,6 +255,8 @@ def fidelity(
 
 
 def _print_fidelity(report: dict[str, Any]) -> None:
+    from results.fidelity_report import format_value
+
     seeds = report["proxy_seeds"]
     table = Table("candidate", "arch_id", *[f"proxy AP s{s}" for s in seeds], "reference AP", "GFLOPs",
                   title=f"proxy fidelity ({report['settings']['proxy']} vs {report['settings']['reference']})")
@@ -262,8 +264,7 @@ def _print_fidelity(report: dict[str, Any]) -> None:
         table.add_row(e["label"], e["arch_id"], *[f"{e[f'proxy_ap_s{s}']:.4f}" for s in seeds],
                       f"{e['reference_ap']:.4f}", f"{e.get('gflops', float('nan')):.4f}")
     console.print(table)
-    def fmt(v):
-        return (f"{v:.3f}" if isinstance(v, float) and v == v else str(v))
+    fmt = format_value
     console.print(f"Spearman ρ {fmt(report['spearman'])} · Kendall τ {fmt(report['kendall'])} · top-"
                   f"{report['top_k']} overlap {fmt(report['top_k_overlap'])} · seed-to-seed ρ "
                   f"{fmt(report['seed_spearman'])} · ρ of GFLOPs {fmt(report['baselines'].get('gflops'))}, "

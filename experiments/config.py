@@ -154,9 +154,14 @@ class TrainSection(_Section):
         return self
 
     def budget_label(self) -> str:
-        parts = [f"{v:g} {k}" for k, v in (("steps", self.steps), ("epochs", self.epochs),
-                                            ("seconds", self.seconds)) if v is not None]
-        return " or ".join(parts)
+        return budget_label(steps=self.steps, epochs=self.epochs, seconds=self.seconds)
+
+
+def budget_label(*, steps: float | None = None, epochs: float | None = None, seconds: float | None = None,
+                 **_: Any) -> str:
+    """A training budget in words: ``300 steps``, ``2 epochs or 60 seconds``."""
+    parts = [f"{v:g} {k}" for k, v in (("steps", steps), ("epochs", epochs), ("seconds", seconds)) if v is not None]
+    return " or ".join(parts)
 
 
 class LatencySection(_Section):

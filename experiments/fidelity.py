@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import SearchConfig, load_config
+from experiments.config import SearchConfig, budget_label, load_config
 from search_space.errors import ConfigError
 from search_space.spec import ArchSpec
 
@@ -250,8 +250,8 @@ def run_plan(plan: FidelityPlan, folder: Path, *, workers: int = 1, say: Callabl
                 out.write(json.dumps(rec) + "\n")
     todo = [j for j in plan.jobs() if key(j) not in rows]
     total = len(plan.jobs())
-    say(f"fidelity ({plan.source}): {len(plan.candidates)} candidates, proxy {_label(plan.budget('proxy'))} × "
-        f"seeds {list(plan.seeds)}, reference {_label(plan.budget('reference'))} × seeds "
+    say(f"fidelity ({plan.source}): {len(plan.candidates)} candidates, proxy {budget_label(**plan.budget('proxy'))} × "
+        f"seeds {list(plan.seeds)}, reference {budget_label(**plan.budget('reference'))} × seeds "
         f"{list(plan.reference_seeds)}; {total - len(todo)}/{total} runs already done, {len(todo)} to train in "
         f"{folder} ({workers} at once)")
     if not todo:
@@ -289,9 +289,6 @@ def run_plan(plan: FidelityPlan, folder: Path, *, workers: int = 1, say: Callabl
                     record(fut.result())
     return list(rows.values())
 
-
-def _label(budget: dict[str, float | None]) -> str:
-    return " or ".join(f"{v:g} {k}" for k, v in budget.items() if v is not None and k != "max_seconds")
 
 
 # ------------------------------------------------------------------------------------------------ entry
@@ -351,8 +348,8 @@ def run_fidelity(
             max(1, min(plan.cfg.budget.max_concurrent, os.cpu_count() or 1))
     rows = run_plan(plan, out, workers=workers, say=say)
     report = analyze(rows, plan.seeds)
-    settings = {"source": plan.source, "proxy": _label(plan.budget("proxy")),
-                "reference": _label(plan.budget("reference")), "seeds": list(plan.seeds),
+    settings = {"source": plan.source, "proxy": budget_label(**plan.budget("proxy")),
+                "reference": budget_label(**plan.budget("reference")), "seeds": list(plan.seeds),
                 "reference_seeds": list(plan.reference_seeds)}
     (out / "fidelity.json").write_text(json.dumps({"settings": settings, **report}, indent=2, default=str))
     (out / "fidelity.md").write_text(markdown(report, settings))

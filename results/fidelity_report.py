@@ -139,7 +139,8 @@ def verdict(report: dict[str, Any]) -> str:
     return f"{head} ({'; '.join(checks)})"
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """4 decimals for a float, ``nan`` for an undefined statistic, ``str`` otherwise."""
     if isinstance(value, float):
         return "nan" if not math.isfinite(value) else f"{value:.4f}"
     return str(value)
@@ -152,7 +153,7 @@ def markdown(report: dict[str, Any], settings: dict[str, Any]) -> str:
     for key in ("n_candidates", "spearman", "kendall", "spearman_mean_of_seeds", "spearman_last2", "spearman_ap50",
                 "top_k", "top_k_overlap", "seed_spearman", "seed_spearman_last2", "seed_spearman_ap50",
                 "best_size_spearman"):
-        lines.append(f"| {key} | {_fmt(report[key])} |")
+        lines.append(f"| {key} | {format_value(report[key])} |")
     if report["incomplete"]:
         lines += ["", f"Left out (a run failed or timed out): {', '.join(report['incomplete'])}"]
     seeds = report["proxy_seeds"]
@@ -160,10 +161,10 @@ def markdown(report: dict[str, Any], settings: dict[str, Any]) -> str:
             "params"]
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for e in report["candidates"]:
-        lines.append("| " + " | ".join(_fmt(e.get(c, "")) for c in cols) + " |")
+        lines.append("| " + " | ".join(format_value(e.get(c, "")) for c in cols) + " |")
     lines += ["", "| baseline feature | Spearman ρ with reference AP |", "|---|---|"]
     for name, rho in sorted(report["baselines"].items(), key=lambda kv: -abs(kv[1]) if math.isfinite(kv[1]) else 0):
-        lines.append(f"| {name} | {_fmt(rho)} |")
+        lines.append(f"| {name} | {format_value(rho)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,12 +185,12 @@ def scatter_png(report: dict[str, Any], path: str | Path) -> Path:
     for e in table:
         axes[0].annotate(e["label"], (e["proxy_ap"], e["reference_ap"]), fontsize=6, alpha=0.8)
     axes[0].set(xlabel="proxy AP", ylabel="reference AP (longer training)",
-                title=f"ρ {_fmt(report['spearman'])}, τ {_fmt(report['kendall'])}")
+                title=f"ρ {format_value(report['spearman'])}, τ {format_value(report['kendall'])}")
     axes[0].legend(fontsize=7)
     if table and "gflops" in table[0]:
         axes[1].scatter([e["gflops"] for e in table], ref, s=28, color="tab:gray")
         axes[1].set(xlabel="GFLOPs", ylabel="reference AP",
-                    title=f"size baseline ρ {_fmt(report['baselines'].get('gflops', math.nan))}")
+                    title=f"size baseline ρ {format_value(report['baselines'].get('gflops', math.nan))}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
