@@ -18,15 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.config import load_config
-from experiments.study import load_study, open_search, records
-from results.front import front_summary
+from gpnas.experiments.config import load_config
+from gpnas.experiments.study import load_study, open_search, records
+from gpnas.results.front import front_summary
 
 
 def run_demo(root: Path) -> tuple[Path, float]:
+    from gpnas.experiments.search_api import run_demo as demo
     from rich.console import Console
-
-    from experiments.search_api import run_demo as demo
 
     start = time.perf_counter()
     outcome = demo(root=str(root), console=Console(quiet=True))
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--compare", type=Path, nargs="+", help="demo folders made before")
     args = parser.parse_args()
-    from objectives.latency import cpu_name
+    from gpnas.objectives.latency import cpu_name
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             check=False).stdout.strip()

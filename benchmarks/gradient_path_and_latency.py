@@ -1,6 +1,6 @@
 """Cost of the gradient-path analysis at paper scale, and the repeatability of measured latency.
 
-(a) ``objectives.gradient_path.analyze`` on the paper-scale presets yolor-v3, yolor-csp and yolor-elan (built with
+(a) ``gpnas.objectives.gradient_path.analyze`` on the paper-scale presets yolor-v3, yolor-csp and yolor-elan (built with
     ``build_detector(get_preset(name))``, width = depth = 1.0, 80 classes): median over ``--runs`` calls of
     ``report.seconds`` (the whole call: fx trace + shape propagation + metrics) and ``report.analysis_seconds``
     (the metrics on the extracted graph alone). Shape propagation uses the default 1×3×64×64 input: the
@@ -22,11 +22,10 @@ import time
 from collections.abc import Sequence
 
 import torch
-
-from objectives.gradient_path import analyze
-from objectives.latency import LatencyProtocol, LatencyResult, cpu_name, measure_latency
-from search_space.builder import build_detector
-from search_space.presets import get_preset
+from gpnas.objectives.gradient_path import analyze
+from gpnas.objectives.latency import LatencyProtocol, LatencyResult, cpu_name, measure_latency
+from gpnas.search_space.builder import build_detector
+from gpnas.search_space.presets import get_preset
 
 GP_PRESETS = ("yolor-v3", "yolor-csp", "yolor-elan")
 GP_TARGET_S = 1.0

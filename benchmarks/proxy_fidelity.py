@@ -28,14 +28,13 @@ import os
 import subprocess
 from pathlib import Path
 
-from experiments.fidelity import FidelityPlan, panel, plan_from_panel, run_plan, scaled
-from results.fidelity_report import analyze, markdown
+from gpnas.experiments.fidelity import FidelityPlan, panel, plan_from_panel, run_plan, scaled
+from gpnas.results.fidelity_report import analyze, markdown
 
 
 def header(args: argparse.Namespace) -> str:
     import torch
-
-    from objectives.latency import cpu_name
+    from gpnas.objectives.latency import cpu_name
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -86,7 +85,7 @@ def main() -> None:
         big = scaled(panel("nano"), width=args.width, img=args.img)
         data = plan.cfg.model_dump(mode="json")
         data["train"]["steps"] = plan.budget("reference")["steps"]
-        from experiments.config import SearchConfig
+        from gpnas.experiments.config import SearchConfig
 
         cfg = SearchConfig(**data)
         cross = FidelityPlan(big, cfg, factor=1.0, seeds=(plan.seeds[0],), reference_seeds=(),
@@ -121,7 +120,7 @@ def other_budget(plan: FidelityPlan, rows: list[dict], steps: int, overrides: li
 
 
 def cross_scale_table(nano: dict, big_rows: list[dict]) -> str:
-    from results.fidelity_report import _rank_stats
+    from gpnas.results.fidelity_report import _rank_stats
 
     big = {r["label"]: r for r in big_rows if r["state"] == "complete"}
     rows = [e for e in nano["candidates"] if e["label"] in big]

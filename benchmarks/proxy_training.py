@@ -18,13 +18,12 @@ import os
 import time
 
 import torch
-
-from objectives.latency import cpu_name
-from search_space.builder import build_detector
-from search_space.presets import get_preset
-from trainers.datasets import ProxyData
-from trainers.loss import YoloLoss
-from trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
+from gpnas.objectives.latency import cpu_name
+from gpnas.search_space.builder import build_detector
+from gpnas.search_space.presets import get_preset
+from gpnas.trainers.datasets import ProxyData
+from gpnas.trainers.loss import YoloLoss
+from gpnas.trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
 
 FAMILIES = ("yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-nano")
 

@@ -5,7 +5,7 @@ Nothing is trained, so the benchmark runs in minutes: every architecture of the 
 Optuna studies then only look scores up. The three objectives, as in a real search, are (ap max, gflops min,
 latency_ms min):
 
-* ``gflops``: real, ``objectives.complexity.measure_complexity`` (fused model, 2 × MACs, at the space's
+* ``gflops``: real, ``gpnas.objectives.complexity.measure_complexity`` (fused model, 2 × MACs, at the space's
   ``img_size``, 160) — the figure a real search minimises.
 * ``latency_ms``: an analytic PROXY, not a timing (CPU timings on the shared machine are too noisy to tabulate).
   It is a single-thread CPU roofline with assumed, not fitted, constants::
@@ -16,7 +16,7 @@ latency_ms min):
 
   The per-layer term makes deep, thin designs (ELAN) slower than their FLOPs alone say, as on real CPUs.
 * ``ap``: a FIXED AP SURROGATE, NOT MEASURED AP. A deterministic function of the genes and of the structural
-  gradient-path aggregates (``objectives.gradient_path.analyze``)::
+  gradient-path aggregates (``gpnas.objectives.gradient_path.analyze``)::
 
       capacity = 0.40 · (1 − exp(−ln(GFLOPs_640 / 0.05) / 2))      grows with log GFLOPs, saturating
       sgp      = 0.03 · exp(−½ ((gp_max_sgp − 14) / 3)²)          bonus for a moderate longest shortest path
@@ -33,7 +33,7 @@ Reference point: computed once from the WHOLE tabulated space (every architectur
 only those sampled): the nadir (worst value of each objective over the space) moved 10 % of that objective's
 range further in its worse direction, i.e. ap_min − 0.1·(ap_max − ap_min), gflops_max + 0.1·(gflops range),
 latency_max + 0.1·(latency range). Every architecture therefore adds volume, and it is the same for every
-sampler and seed, so the hypervolumes compare. (``results.pareto.reference_point`` would put ap at 0.0; every
+sampler and seed, so the hypervolumes compare. (``gpnas.results.pareto.reference_point`` would put ap at 0.0; every
 architecture here has a surrogate ap above 0.2, so that slab would be common to all samplers and only compress
 the differences.) The hypervolume of the space's true Pareto front is printed too, as the ceiling.
 
@@ -59,12 +59,11 @@ from typing import Any
 
 import numpy as np
 import optuna
-
-from experiments.config import load_config
-from experiments.runner import build_space, make_sampler
-from results.pareto import hypervolume, hypervolume_history
-from search_space.space import SearchSpace
-from search_space.spec import ArchSpec
+from gpnas.experiments.config import load_config
+from gpnas.experiments.runner import build_space, make_sampler
+from gpnas.results.pareto import hypervolume, hypervolume_history
+from gpnas.search_space.space import SearchSpace
+from gpnas.search_space.spec import ArchSpec
 
 NAMES = ("ap", "gflops", "latency_ms")
 DIRECTIONS = ("maximize", "minimize", "minimize")
@@ -181,9 +180,9 @@ def ap_surrogate(spec: ArchSpec, gflops_640: float, gp_max_sgp: float) -> float:
 
 def score(spec: ArchSpec) -> ArchRecord:
     """Build once; real GFLOPs and gradient-path structure, then the proxy and the surrogate."""
-    from objectives.complexity import measure_complexity
-    from objectives.gradient_path import analyze
-    from search_space.builder import build_detector
+    from gpnas.objectives.complexity import measure_complexity
+    from gpnas.objectives.gradient_path import analyze
+    from gpnas.search_space.builder import build_detector
 
     model = build_detector(spec)
     size = measure_complexity(spec, model=model)

@@ -16,12 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpnas.experiments.config import load_config
+from gpnas.experiments.runner import run_search
+from gpnas.experiments.search_api import make_tracker
+from gpnas.objectives.latency import cpu_name
 from rich.console import Console
-
-from experiments.config import load_config
-from experiments.runner import run_search
-from experiments.search_api import make_tracker
-from objectives.latency import cpu_name
 
 
 def main() -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from gpnas.search_space.errors import GpnasError
 from rich.console import Console
 from rich.table import Table
-
-from search_space.errors import GpnasError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-path NAS for real-time detectors.")
 console = Console()
@@ -25,7 +24,7 @@ def _print_json(obj: Any) -> None:
 @app.command()
 def presets(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
     """List the named architectures (the paper's models and CPU-sized nano versions)."""
-    from experiments.inspect import list_presets
+    from gpnas.experiments.inspect import list_presets
 
     rows = list_presets()
     if as_json:
@@ -48,15 +47,15 @@ def describe(
     layers: Annotated[bool, typer.Option("--layers", help="With --gradient-path: the per-layer table.")] = False,
 ) -> None:
     """Size and structure of one architecture, in the paper's units (fused, 2×MACs)."""
-    from experiments.inspect import describe as describe_arch
-    from experiments.inspect import resolve_arch
+    from gpnas.experiments.inspect import describe as describe_arch
+    from gpnas.experiments.inspect import resolve_arch
 
     if head is not None and head not in ("detect", "seg"):
         raise GpnasError(f"--head {head!r}: choose 'detect' or 'seg'")
     spec = resolve_arch(arch)
     info = describe_arch(spec, img=img, head=head, gradient_path=gradient_path or layers, layers=layers)
     if export_spec is not None:
-        from search_space.spec import ArchSpec
+        from gpnas.search_space.spec import ArchSpec
 
         final = ArchSpec.from_dict(info["spec"])
         export_spec.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +88,8 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Proxy-train one architecture and report COCO AP, AP50, training seconds and images/s."""
-    from experiments.inspect import resolve_arch
-    from experiments.train_one import train_candidate
+    from gpnas.experiments.inspect import resolve_arch
+    from gpnas.experiments.train_one import train_candidate
 
     out = train_candidate(
         resolve_arch(arch), data=data, images=images, val_data=val_data, val_images=val_images, epochs=epochs,
@@ -117,8 +116,8 @@ def search(
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Record in the study only.")] = False,
 ) -> None:
     """Run a search: Ray Tune + Optuna over the space, results in the study and MLflow."""
-    from experiments.config import load_config
-    from experiments.search_api import start_search
+    from gpnas.experiments.config import load_config
+    from gpnas.experiments.search_api import start_search
 
     extra = list(overrides or [])
     if address:
@@ -136,7 +135,7 @@ def resume(
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Record in the study only.")] = False,
 ) -> None:
     """Continue a stopped or killed search: exactly the remaining budget runs."""
-    from experiments.search_api import resume_search
+    from gpnas.experiments.search_api import resume_search
 
     resume_search(search, root=root, address=address, console=console, mlflow=not no_mlflow)
 
@@ -148,7 +147,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Trial counts by state and the Pareto trials of a search (read from its study)."""
-    from experiments.study import open_search, search_status
+    from gpnas.experiments.study import open_search, search_status
 
     folder, cfg = open_search(search, root)
     info = search_status(folder, cfg)
@@ -167,7 +166,7 @@ def demo(
     root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
 ) -> None:
     """Run (or finish) the default CPU search and print its Pareto front and how to open it in MLflow."""
-    from experiments.search_api import run_demo
+    from gpnas.experiments.search_api import run_demo
 
     run_demo(root=root, console=console)
 
@@ -179,8 +178,8 @@ def pareto(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """The current Pareto front of a search (feasible complete trials)."""
-    from experiments.study import open_search
-    from results.export import pareto_rows
+    from gpnas.experiments.study import open_search
+    from gpnas.results.export import pareto_rows
 
     folder, cfg = open_search(search, root)
     rows = pareto_rows(folder, cfg)
@@ -206,8 +205,8 @@ def export(
     root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
 ) -> None:
     """Write the chosen architectures as spec YAMLs (they rebuild the measured models) plus a manifest."""
-    from experiments.study import open_search
-    from results.export import export as export_archs
+    from gpnas.experiments.study import open_search
+    from gpnas.results.export import export as export_archs
 
     folder, cfg = open_search(search, root)
     manifest = export_archs(folder, cfg, pick, out, weights=weights)
@@ -238,7 +237,7 @@ def fidelity(
     """Does the proxy ranking hold? Re-train candidates longer and with more seeds; report ρ, τ and baselines.
 
     Long work: every finished run is kept, so a stopped or killed fidelity run continues where it stopped."""
-    from experiments.fidelity import run_fidelity
+    from gpnas.experiments.fidelity import run_fidelity
 
     if search is not None and panel is not None:
         overrides = [search, *(overrides or [])]  # with --panel, the first positional is an override
@@ -255,7 +254,7 @@ def fidelity(
 
 
 def _print_fidelity(report: dict[str, Any]) -> None:
-    from results.fidelity_report import format_value
+    from gpnas.results.fidelity_report import format_value
 
     seeds = report["proxy_seeds"]
     table = Table("candidate", "arch_id", *[f"proxy AP s{s}" for s in seeds], "reference AP", "GFLOPs",
@@ -287,9 +286,9 @@ def sync(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the search's).")] = None,
 ) -> None:
     """Backfill MLflow from the study (after a tracking outage) and re-tag the Pareto front."""
-    from experiments.config import load_config
-    from experiments.study import load_study, open_search, records
-    from results.tracking import MlflowTracker
+    from gpnas.experiments.config import load_config
+    from gpnas.experiments.study import load_study, open_search, records
+    from gpnas.results.tracking import MlflowTracker
 
     folder, cfg = open_search(search, root)
     if tracking_uri:
@@ -309,8 +308,8 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Serve the MLflow UI for a search's local store on 127.0.0.1."""
-    from experiments.study import open_search
-    from results.tracking import serve_ui
+    from gpnas.experiments.study import open_search
+    from gpnas.results.tracking import serve_ui
 
     folder, _ = open_search(search, root)
     raise typer.Exit(serve_ui(folder, port))
@@ -329,9 +328,9 @@ def latency(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Measured latency of the fused model under a declared protocol."""
-    from experiments.inspect import resolve_arch
-    from objectives.latency import LatencyProtocol, measure_latency
-    from search_space.builder import build_detector
+    from gpnas.experiments.inspect import resolve_arch
+    from gpnas.objectives.latency import LatencyProtocol, measure_latency
+    from gpnas.search_space.builder import build_detector
 
     spec = resolve_arch(arch)
     protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or spec.img_size,  # type: ignore[arg-type]

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from gpnas.search_space.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
-
-from search_space.errors import ConfigError
 
 CONFIG_SCHEMA_VERSION = 1
 OBJECTIVES = ("ap", "gflops", "latency_ms")

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from experiments.config import SearchConfig
-from search_space.errors import (
+from gpnas.experiments.config import SearchConfig
+from gpnas.search_space.errors import (
     DataError,
     GpnasError,
     InfeasibleCandidate,
@@ -26,7 +26,7 @@ from search_space.errors import (
     TrainingDiverged,
     TrialTimeout,
 )
-from search_space.spec import ArchSpec
+from gpnas.search_space.spec import ArchSpec
 
 State = Literal["complete", "pruned", "infeasible", "failed", "timeout"]
 STATES: tuple[State, ...] = ("complete", "pruned", "infeasible", "failed", "timeout")
@@ -78,7 +78,7 @@ _DATA_CACHE: dict[str, Any] = {}
 
 def load_data(cfg: SearchConfig, img_size: int) -> Any:
     """The proxy dataset at ``img_size``, cached per process (Ray reuses actors across trials)."""
-    from trainers.datasets import ProxyData
+    from gpnas.trainers.datasets import ProxyData
 
     d = cfg.data
     key = json.dumps([d.model_dump(), img_size])
@@ -107,7 +107,7 @@ def constraint_values(cfg: SearchConfig, metrics: dict[str, float]) -> dict[str,
 
 
 def _cheap_objectives(spec: ArchSpec, model: Any, cfg: SearchConfig, result: TrialResult) -> None:
-    from objectives.complexity import measure_complexity
+    from gpnas.objectives.complexity import measure_complexity
 
     size = measure_complexity(spec, model=model)
     result.metrics.update(
@@ -115,13 +115,13 @@ def _cheap_objectives(spec: ArchSpec, model: Any, cfg: SearchConfig, result: Tri
         gflops=size.gflops, gflops_640=size.gflops_640,
     )
     if cfg.gradient_path.structural:
-        from objectives.gradient_path import analyze
+        from gpnas.objectives.gradient_path import analyze
 
         report = analyze(model, input_shape=(1, 3, 64, 64))
         result.metrics.update(report.aggregates)
         result.gp_layers = report.table()
     if cfg.latency.enabled:
-        from objectives.latency import LatencyProtocol, measure_latency
+        from gpnas.objectives.latency import LatencyProtocol, measure_latency
 
         lat = cfg.latency
         protocol = LatencyProtocol(
@@ -138,9 +138,8 @@ def _cheap_objectives(spec: ArchSpec, model: Any, cfg: SearchConfig, result: Tri
 def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, result: TrialResult,
            weights_dir: Path | None) -> None:
     import torch
-
-    from trainers.callbacks import Callback
-    from trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
+    from gpnas.trainers.callbacks import Callback
+    from gpnas.trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
 
     t = cfg.train
     data = load_data(cfg, spec.img_size)
@@ -180,9 +179,9 @@ def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, re
 def _measured_gradients(model: Any, data: Any, result: TrialResult) -> None:
     import copy
 
-    from objectives.gradient_path import gradient_aggregates, measure_gradients
-    from trainers.data import make_loader
-    from trainers.loss import YoloLoss
+    from gpnas.objectives.gradient_path import gradient_aggregates, measure_gradients
+    from gpnas.trainers.data import make_loader
+    from gpnas.trainers.loss import YoloLoss
 
     model = copy.deepcopy(model)  # the EMA copy has frozen parameters
     for p in model.parameters():
@@ -210,8 +209,7 @@ def evaluate_candidate(
             spec = ArchSpec.from_dict(spec, source="candidate")
         result.arch_id, result.spec = spec.arch_id, spec.to_dict()
         import torch
-
-        from search_space.builder import build_detector
+        from gpnas.search_space.builder import build_detector
 
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
         model = build_detector(spec)

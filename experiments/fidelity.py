@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import SearchConfig, budget_label, load_config
-from search_space.errors import ConfigError
-from search_space.spec import ArchSpec
+from gpnas.experiments.config import SearchConfig, budget_label, load_config
+from gpnas.search_space.errors import ConfigError
+from gpnas.search_space.spec import ArchSpec
 
 PLAN_FILE, RUNS_FILE = "plan.json", "runs.jsonl"
 FIDELITY_DIR = "fidelity"
@@ -30,7 +30,7 @@ FIDELITY_DIR = "fidelity"
 def nano_panel() -> dict[str, ArchSpec]:
     """Twelve nano candidates spanning the families: plain and PRN residuals, the four CSP fusions and two split
     ratios, ELAN stack counts for backbone and neck, and two widths."""
-    from search_space.presets import get_preset
+    from gpnas.search_space.presets import get_preset
 
     v3, csp, elan = get_preset("yolor-v3-nano"), get_preset("yolor-csp-nano"), get_preset("yolor-elan-nano")
     half = 0.0625
@@ -139,8 +139,8 @@ def plan_from_search(folder: Path, cfg: SearchConfig, *, max_candidates: int = 8
                      seeds: tuple[int, ...] = (), reference_seeds: tuple[int, ...] = (0,)) -> FidelityPlan:
     """The search's Pareto front plus a spread sample of its other complete trials (evenly spaced in proxy AP),
     ``max_candidates`` in all. The search's own results stand for the proxy runs at ``train.seed``."""
-    from experiments.study import load_study, records
-    from results.front import competing, front_summary
+    from gpnas.experiments.study import load_study, records
+    from gpnas.results.front import competing, front_summary
 
     recs = records(load_study(folder, cfg.name))
     done: dict[int, Any] = {}
@@ -205,7 +205,7 @@ def _die_with_parent() -> None:
 
 def run_job(job: dict[str, Any], spec_json: str, cfg_json: str) -> dict[str, Any]:
     """Train one job (in a pool worker or in-process) and return its row."""
-    from experiments.evaluate import evaluate_candidate
+    from gpnas.experiments.evaluate import evaluate_candidate
 
     cfg = SearchConfig(**json.loads(cfg_json))
     result = evaluate_candidate(ArchSpec(**json.loads(spec_json)), cfg)
@@ -311,7 +311,7 @@ def run_fidelity(
     """`gpnas fidelity`: from a finished search (its front plus a spread sample) or a named panel; trains what is
     missing, then writes ``fidelity.json``, ``fidelity.md`` and ``scatter.png`` to ``out`` and logs them to MLflow
     (under the search's run). Returns the report."""
-    from results.fidelity_report import analyze, markdown, scatter_png
+    from gpnas.results.fidelity_report import analyze, markdown, scatter_png
 
     if (search is None) == (panel_name is None):
         raise ConfigError("give one of: a search (its name or folder), or --panel NAME (e.g. --panel nano)")
@@ -319,7 +319,7 @@ def run_fidelity(
         raise ConfigError(f"--seeds {n_seeds} / --reference-seeds {n_reference_seeds}: give at least 1 of each")
     search_folder = None
     if search is not None:
-        from experiments.study import open_search
+        from gpnas.experiments.study import open_search
 
         if overrides:
             raise ConfigError(f"overrides {list(overrides)} only apply with --panel; a search's fidelity uses the "
@@ -355,7 +355,7 @@ def run_fidelity(
     (out / "fidelity.md").write_text(markdown(report, settings))
     artifacts = [out / "fidelity.json", out / "fidelity.md", scatter_png(report, out / "scatter.png")]
     if mlflow:
-        from results.tracking import MlflowTracker, default_tracking_uri
+        from gpnas.results.tracking import MlflowTracker, default_tracking_uri
 
         home = search_folder or out
         tracker = MlflowTracker(uri or default_tracking_uri(home), home)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from search_space.errors import SpecError
-from search_space.presets import PRESETS, get_preset
-from search_space.spec import ArchSpec, load_spec
+from gpnas.search_space.errors import SpecError
+from gpnas.search_space.presets import PRESETS, get_preset
+from gpnas.search_space.spec import ArchSpec, load_spec
 
 
 def resolve_arch(arg: str) -> ArchSpec:
@@ -33,8 +33,8 @@ def describe(
     layers: bool = False,
 ) -> dict[str, Any]:
     """Size (params, fused params, GFLOPs at ``img`` and 640) and, if asked, gradient-path metrics."""
-    from objectives.complexity import measure_complexity
-    from search_space.builder import build_detector
+    from gpnas.objectives.complexity import measure_complexity
+    from gpnas.search_space.builder import build_detector
 
     if head is not None and head != spec.head:
         spec = spec.replace(head=head)
@@ -56,7 +56,7 @@ def describe(
         "spec": spec.to_dict(),
     }
     if gradient_path or layers:
-        from objectives.gradient_path import analyze
+        from gpnas.objectives.gradient_path import analyze
 
         report = analyze(model.eval())
         gp = {k.removeprefix("gp_"): v for k, v in report.aggregates.items()}

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments import study as st
-from experiments.config import SearchConfig, save_config
-from experiments.evaluate import TrialResult, constraint_values, evaluate_candidate, failure_result
-from search_space.errors import ConfigError, GpnasError
-from search_space.presets import PRESETS
-from search_space.space import SearchSpace
-from search_space.spec import ArchSpec
+from gpnas.experiments import study as st
+from gpnas.experiments.config import SearchConfig, save_config
+from gpnas.experiments.evaluate import TrialResult, constraint_values, evaluate_candidate, failure_result
+from gpnas.search_space.errors import ConfigError, GpnasError
+from gpnas.search_space.presets import PRESETS
+from gpnas.search_space.space import SearchSpace
+from gpnas.search_space.spec import ArchSpec
 
 PID_FILE = "ray_pids.json"
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -43,7 +43,7 @@ def _ray() -> Any:
 # ---------------------------------------------------------------------------------------------- space
 def base_spec(cfg: SearchConfig, folder: Path | None = None) -> ArchSpec:
     """The base spec of the space, with fitted anchors when ``space.anchors: auto`` (fitted once, saved)."""
-    from experiments.inspect import resolve_arch
+    from gpnas.experiments.inspect import resolve_arch
 
     base = resolve_arch(cfg.space.base)
     if cfg.space.anchors == "auto":
@@ -51,8 +51,8 @@ def base_spec(cfg: SearchConfig, folder: Path | None = None) -> ArchSpec:
         if saved and saved.is_file():
             anchors = json.loads(saved.read_text())
         else:
-            from experiments.evaluate import load_data
-            from trainers.anchors import fit_anchors
+            from gpnas.experiments.evaluate import load_data
+            from gpnas.trainers.anchors import fit_anchors
 
             data = load_data(cfg, base.img_size)
             anchors = fit_anchors(data.box_sizes(), img_size=base.img_size, seed=cfg.sampler.seed).round(1).tolist()
@@ -350,8 +350,7 @@ def _progress_callback(recorder: Recorder, total: int, already: int, start: floa
 
 def _front_numbers(recorder: Recorder, cfg: SearchConfig) -> list[int]:
     import numpy as np
-
-    from results.pareto import pareto_mask
+    from gpnas.results.pareto import pareto_mask
 
     done = [r for r in recorder.ended if r.state == "complete"]
     if not done:
@@ -463,7 +462,7 @@ def run_search(
 
 def _enqueue_named(study: Any, space: SearchSpace, name: str) -> None:
     """Enqueue a preset or spec file as the next trial; it must lie in the space."""
-    from experiments.inspect import resolve_arch
+    from gpnas.experiments.inspect import resolve_arch
 
     spec = resolve_arch(name)
     spec = spec.replace(anchors=space.base.anchors) if name in PRESETS else spec

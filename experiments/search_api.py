@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.config import SearchConfig, load_config
-from experiments.runner import SearchOutcome, run_search
+from gpnas.experiments.config import SearchConfig, load_config
+from gpnas.experiments.runner import SearchOutcome, run_search
 
 
 def make_tracker(cfg: SearchConfig, enabled: bool) -> Any:
     """The MLflow tracker (checked reachable before any training), or None when disabled."""
     if not enabled:
         return None
-    from results.tracking import MlflowTracker
+    from gpnas.results.tracking import MlflowTracker
 
     return MlflowTracker.connect(cfg)
 
@@ -27,7 +27,7 @@ def start_search(cfg: SearchConfig, *, console: Any, mlflow: bool = True, resume
 
 def resume_search(search: str, *, root: str = "runs", address: str | None = None, console: Any,
                   mlflow: bool = True) -> SearchOutcome:
-    from experiments.study import open_search
+    from gpnas.experiments.study import open_search
 
     folder, cfg = open_search(search, root)
     overrides = [f"storage.root={folder.parent}"]
@@ -45,14 +45,13 @@ def run_demo(*, root: str = "runs", console: Any) -> SearchOutcome:
 
 def summarise(outcome: SearchOutcome, cfg: SearchConfig, console: Any, tracker: Any) -> None:
     """The closing lines: counts, the Pareto front, and where to look."""
+    from gpnas.experiments.study import search_status
     from rich.table import Table
-
-    from experiments.study import search_status
 
     info = search_status(outcome.folder, cfg)
     console.print(f"\nsearch [bold]{cfg.name}[/] finished: {info['trials']}")
     try:
-        from results.export import pareto_rows
+        from gpnas.results.export import pareto_rows
 
         rows = pareto_rows(outcome.folder, cfg)
     except ImportError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.evaluate import TrialResult
+from gpnas.experiments.evaluate import TrialResult
 
 STUDY_FILE = "study.db"
 COUNTED_STATES = ("complete", "pruned", "infeasible", "failed", "timeout")
@@ -139,8 +139,8 @@ def mark_interrupted(study: Any) -> list[dict[str, Any]]:
 
 def open_search(name_or_dir: str | Path, root: str | Path = "runs") -> tuple[Path, Any]:
     """A search folder (path) or a search name under ``root``; returns (folder, its saved SearchConfig)."""
-    from experiments.config import load_config
-    from search_space.errors import ConfigError
+    from gpnas.experiments.config import load_config
+    from gpnas.search_space.errors import ConfigError
 
     path = Path(name_or_dir)
     candidates = [path, Path(root) / str(name_or_dir)]
@@ -153,7 +153,7 @@ def open_search(name_or_dir: str | Path, root: str | Path = "runs") -> tuple[Pat
 
 def search_status(folder: Path, cfg: Any) -> dict[str, Any]:
     """Counts by state, the budget, and the Pareto trial numbers (feasible complete trials only)."""
-    from results.front import front_summary
+    from gpnas.results.front import front_summary
 
     recs = records(load_study(folder, cfg.name))
     summary = front_summary(recs, cfg)

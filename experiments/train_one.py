@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from experiments.config import DIGITS_N_TRAIN, DIGITS_N_VAL, PROXY_STEPS
-from search_space.errors import ConfigError
-from search_space.spec import ArchSpec
+from gpnas.experiments.config import DIGITS_N_TRAIN, DIGITS_N_VAL, PROXY_STEPS
+from gpnas.search_space.errors import ConfigError
+from gpnas.search_space.spec import ArchSpec
 
 
 def digits_sizes() -> tuple[int, int]:
@@ -57,11 +57,10 @@ def train_candidate(
     budget gives the same AP on a quiet or a loaded machine; ``seconds`` gives AP at equal compute.
     """
     import torch
-
-    from search_space.builder import build_detector
-    from trainers.callbacks import ProgressBar
-    from trainers.datasets import ProxyData
-    from trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
+    from gpnas.search_space.builder import build_detector
+    from gpnas.trainers.callbacks import ProgressBar
+    from gpnas.trainers.datasets import ProxyData
+    from gpnas.trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
 
     img = img or spec.img_size
     if img != spec.img_size:

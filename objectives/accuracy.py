@@ -6,7 +6,7 @@ truth is checked the same way whether it is trained on or scored against.
 Box formats: COCO files and results hold ``bbox = [x, y, w, h]`` in original image pixels; detections
 handed to :meth:`CocoEvaluator.process` are ``Tensor[n, 6]`` rows ``(x1, y1, x2, y2, score, class_index)`` in
 original image pixels, ``class_index`` being the contiguous 0..nc-1 position of the category id in
-``category_ids`` (sorted category ids, the same mapping as ``trainers.data.CocoDetection``).
+``category_ids`` (sorted category ids, the same mapping as ``gpnas.trainers.data.CocoDetection``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from gpnas.search_space.errors import ConfigError, DataError
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-from search_space.errors import ConfigError, DataError
 
 METRIC_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 _ANN_KEYS = ("id", "image_id", "category_id", "bbox")

@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from gpnas.search_space.builder import Detector, build_detector, count_params
+from gpnas.search_space.spec import ArchSpec
 from torch import nn
-
-from search_space.builder import Detector, build_detector, count_params
-from search_space.spec import ArchSpec
 
 PAPER_IMG = 640
 _TRACE_IMG = 64

@@ -35,9 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from gpnas.search_space.errors import GpnasError
 from torch import nn
-
-from search_space.errors import GpnasError
 
 try:  # POSIX only; without it the CPU lock degrades to a no-op (see latency_lock).
     import fcntl

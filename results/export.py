@@ -12,9 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from experiments import study as st
-from results.front import competing, front_summary
-from search_space.errors import ConfigError
+from gpnas.experiments import study as st
+from gpnas.results.front import competing, front_summary
+from gpnas.search_space.errors import ConfigError
 
 PICKS = ("pareto", "knee", "best-ap", "fastest")
 _CONDITION = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")

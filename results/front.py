@@ -1,7 +1,7 @@
 """The Pareto view of a search's records: front, ranks, reference point and hypervolume history.
 
 Only complete, feasible trials compete (infeasible ones were never trained; pruned and failed have no final
-values). The hypervolume reference is ``results.pareto.reference_point`` (AP 0; the constraint bound, or 1.1 ×
+values). The hypervolume reference is ``gpnas.results.pareto.reference_point`` (AP 0; the constraint bound, or 1.1 ×
 the worst observed value, for minimised objectives) and is logged with the figures it produced.
 """
 
@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from experiments.study import TrialRecord
-from results.pareto import hypervolume, hypervolume_history, knee_point, non_dominated_sort, reference_point
+from gpnas.experiments.study import TrialRecord
+from gpnas.results.pareto import hypervolume, hypervolume_history, knee_point, non_dominated_sort, reference_point
 
 
 @dataclass

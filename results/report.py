@@ -1,7 +1,7 @@
 """Plots and tables of a search: Pareto scatter (interactive HTML and a PNG), parallel coordinates of genes
 against objectives, and Spearman correlations of the gradient-path aggregates (``gp_*``) with AP.
 
-Input is the study's rows (:class:`experiments.study.TrialRecord`). Only complete trials are plotted and
+Input is the study's rows (:class:`gpnas.experiments.study.TrialRecord`). Only complete trials are plotted and
 correlated; infeasible ones appear greyed on the Pareto scatter (their AP is 0, as the study records it);
 pruned, failed, interrupted and running trials are left out. Everything copes with a search that has no or one
 complete trial: figures then carry a note instead of points, and nothing raises.
@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from experiments.study import TrialRecord
-from results.pareto import pareto_mask
+from gpnas.experiments.study import TrialRecord
+from gpnas.results.pareto import pareto_mask
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -20,9 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from experiments import study as st
-from experiments.config import SearchConfig
-from search_space.errors import ConfigError
+from gpnas.experiments import study as st
+from gpnas.experiments.config import SearchConfig
+from gpnas.search_space.errors import ConfigError
 
 TRIAL_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops", "gflops_640", "params",
                  "params_m", "params_fused", "latency_ms", "latency_iqr_ms", "latency_cv", "train_seconds",
@@ -206,7 +206,7 @@ class MlflowTracker:
 
     def finish_search(self, cfg: SearchConfig, folder: Path, recs: list[st.TrialRecord]) -> None:
         """Backfill, tag the current front, log counts, hypervolume history and the report to the parent."""
-        from results.front import front_summary
+        from gpnas.results.front import front_summary
 
         self.sync(cfg, folder)
         recs = st.records(st.load_study(folder, cfg.name))
@@ -227,7 +227,7 @@ class MlflowTracker:
 
     def _log_report(self, recs: list[st.TrialRecord], cfg: SearchConfig) -> None:
         try:
-            from results.report import write_report
+            from gpnas.results.report import write_report
         except ImportError:
             return
         out = self.folder / "report"

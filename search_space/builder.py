@@ -6,17 +6,16 @@ probed with a dummy forward pass (STYLE.md 4).
 
 from __future__ import annotations
 
+import gpnas.search_space.modules  # noqa: F401  (registers every block family)
 import torch
+from gpnas.search_space.errors import SpecError
+from gpnas.search_space.modules.common import ConvUnit
+from gpnas.search_space.modules.heads import NUM_MASKS, PROTO_WIDTH, Detect, Proto
+from gpnas.search_space.modules.registry import NECKS, STAGE_BLOCKS
+from gpnas.search_space.modules.residual import ResidualBlock
+from gpnas.search_space.modules.spp import MPDown
+from gpnas.search_space.spec import ArchSpec
 from torch import nn
-
-import search_space.modules  # noqa: F401  (registers every block family)
-from search_space.errors import SpecError
-from search_space.modules.common import ConvUnit
-from search_space.modules.heads import NUM_MASKS, PROTO_WIDTH, Detect, Proto
-from search_space.modules.registry import NECKS, STAGE_BLOCKS
-from search_space.modules.residual import ResidualBlock
-from search_space.modules.spp import MPDown
-from search_space.spec import ArchSpec
 
 STRIDES = (8, 16, 32)
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from search_space.errors import ConfigError
-from search_space.spec import NUM_STAGES, PER_STAGE, ArchSpec
+from gpnas.search_space.errors import ConfigError
+from gpnas.search_space.spec import NUM_STAGES, PER_STAGE, ArchSpec
 
 #: gene -> (condition gene, values under which it is active)
 CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {

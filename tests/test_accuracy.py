@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator
+from gpnas.search_space.errors import DataError
 from pycocotools.coco import COCO
-
-from objectives.accuracy import METRIC_KEYS, CocoEvaluator
-from search_space.errors import DataError
 
 # category ids 3 and 7 are not contiguous on purpose: class index 0 -> id 3, 1 -> id 7
 GT_BOXES = {  # image id -> [(category id, x, y, w, h)]: one small, one medium and one large box at least

@@ -4,12 +4,11 @@ import copy
 
 import pytest
 import torch
-
-from objectives.complexity import fvcore_macs, measure_complexity
-from search_space.builder import build_detector, count_params
-from search_space.modules import BLOCK_EXAMPLES, NECKS, SPP_BLOCKS, STAGE_BLOCKS
-from search_space.presets import PRESETS, get_preset
-from search_space.spec import ArchSpec
+from gpnas.objectives.complexity import fvcore_macs, measure_complexity
+from gpnas.search_space.builder import build_detector, count_params
+from gpnas.search_space.modules import BLOCK_EXAMPLES, NECKS, SPP_BLOCKS, STAGE_BLOCKS
+from gpnas.search_space.presets import PRESETS, get_preset
+from gpnas.search_space.spec import ArchSpec
 
 # ARCH_SPEC §6.1 / §0, detection head unless noted: fused params, GFLOPs (2 × MACs) at 640.
 PAPER_FIGURES = [

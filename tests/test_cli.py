@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-GPNAS = [sys.executable, "-m", "experiments.cli"]
+GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

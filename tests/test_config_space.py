@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
-
-from experiments.config import PROXY_STEPS, load_config
-from search_space.errors import ConfigError
-from search_space.presets import get_preset
-from search_space.space import SearchSpace
+from gpnas.experiments.config import PROXY_STEPS, load_config
+from gpnas.search_space.errors import ConfigError
+from gpnas.search_space.presets import get_preset
+from gpnas.search_space.space import SearchSpace
 
 
 def _space(genes: dict) -> SearchSpace:
@@ -39,8 +38,8 @@ def test_bad_config_errors_name_the_key(overrides: list[str], needle: str) -> No
 
 
 def test_search_train_defaults_match_the_benchmarked_proxy_trainer() -> None:
-    from experiments.config import SearchConfig
-    from trainers.proxy import TrainConfig
+    from gpnas.experiments.config import SearchConfig
+    from gpnas.trainers.proxy import TrainConfig
 
     search, trainer = SearchConfig(name="x").train, TrainConfig()
     assert (search.batch_size, search.optimizer, search.lr) == (trainer.batch_size, trainer.optimizer, trainer.lr)

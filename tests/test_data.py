@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gpnas.objectives.accuracy import CocoEvaluator
+from gpnas.search_space.errors import DataError
+from gpnas.trainers import data as data_module
+from gpnas.trainers.data import CocoDetection, build_digits_dataset, collate, make_loader
 from PIL import Image
-
-from objectives.accuracy import CocoEvaluator
-from search_space.errors import DataError
-from trainers import data as data_module
-from trainers.data import CocoDetection, build_digits_dataset, collate, make_loader
 
 S = 64
 RED, BLUE, GREEN = (200, 10, 10), (10, 10, 200), (10, 200, 10)
@@ -96,7 +95,7 @@ def test_flip(tiny: tuple[Path, Path]) -> None:
 
 
 def test_box_sizes_come_from_the_annotations(tiny: tuple[Path, Path]) -> None:
-    from trainers.datasets import ProxyData
+    from gpnas.trainers.datasets import ProxyData
 
     images, ann = tiny
     data = ProxyData.coco(ann, images, ann, images, img_size=S, augment=False)

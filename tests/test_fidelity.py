@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from results.fidelity_report import analyze, candidate_table, markdown
+from gpnas.results.fidelity_report import analyze, candidate_table, markdown
 
 
 def _rows(proxy0: list[float], proxy1: list[float], ref: list[float], gflops: list[float]) -> list[dict]:
@@ -59,7 +58,7 @@ def test_a_failed_run_leaves_its_candidate_out_by_name() -> None:
 
 
 # ------------------------------------------------------------------------------------------ end to end
-GPNAS = [sys.executable, "-m", "experiments.cli"]
+GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -9,15 +9,14 @@ import time
 
 import pytest
 import torch
-from torch import nn
-
-from objectives.gradient_path import (
+from gpnas.objectives.gradient_path import (
     GraphError,
     analyze,
     gradient_aggregates,
     measure_gradients,
 )
-from search_space.modules.common import ConvUnit, ImplicitA, ImplicitM, MaskedAdd
+from gpnas.search_space.modules.common import ConvUnit, ImplicitA, ImplicitM, MaskedAdd
+from torch import nn
 
 C = 4
 SHAPE = (1, 3, 8, 8)
@@ -542,8 +541,8 @@ def test_speed_on_paper_scale_network() -> None:
 
 
 def test_builder_presets_are_analysable() -> None:
-    builder = pytest.importorskip("search_space.builder")
-    presets = pytest.importorskip("search_space.presets")
+    builder = pytest.importorskip("gpnas.search_space.builder")
+    presets = pytest.importorskip("gpnas.search_space.presets")
     reports = {
         name: analyze(builder.build_detector(presets.get_preset(name)), input_shape=(1, 3, 64, 64))
         for name in ("yolor-v3-nano", "yolor-prn-nano", "yolor-elan-nano")

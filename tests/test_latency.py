@@ -1,4 +1,4 @@
-"""Tests for objectives.latency: protocol validation, CPU timing, the machine-wide lock, CUDA (gpu marker)."""
+"""Tests for gpnas.objectives.latency: protocol validation, CPU timing, the machine-wide lock, CUDA (gpu marker)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-from objectives.latency import (
+from gpnas.objectives.latency import (
     LOCK_ENV_VAR,
     DeviceUnavailableError,
     LatencyProtocol,
@@ -22,6 +20,7 @@ from objectives.latency import (
     latency_lock,
     measure_latency,
 )
+from torch import nn
 
 SHORT = {"repeats": 3, "warmup": 1, "iters_per_repeat": 2, "img_size": 32}
 

@@ -1,4 +1,4 @@
-"""Tests for results.pareto: ranks, masks, exact hypervolume, history, reference point, knee point."""
+"""Tests for gpnas.results.pareto: ranks, masks, exact hypervolume, history, reference point, knee point."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 import pytest
-
-from results.pareto import (
+from gpnas.results.pareto import (
     OBJECTIVE_DIRECTIONS,
     hypervolume,
     hypervolume_history,

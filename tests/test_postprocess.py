@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from trainers import postprocess
-from trainers.postprocess import box_iou, nms, nms_torch, non_max_suppression, xywh2xyxy
+from gpnas.trainers import postprocess
+from gpnas.trainers.postprocess import box_iou, nms, nms_torch, non_max_suppression, xywh2xyxy
 
 
 def _iou(a: list[float], b: list[float]) -> float:

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from search_space.builder import build_detector
-from search_space.errors import ConfigError, TrainingDiverged
-from search_space.presets import ANCHORS_DIGITS, get_preset
-from trainers.callbacks import Callback, EarlyStopping
-from trainers.data import build_digits_dataset
-from trainers.datasets import ProxyData
-from trainers.proxy import FitResult, ModelEMA, ProxyTrainer, TrainBudget, TrainConfig
+from gpnas.search_space.builder import build_detector
+from gpnas.search_space.errors import ConfigError, TrainingDiverged
+from gpnas.search_space.presets import ANCHORS_DIGITS, get_preset
+from gpnas.trainers.callbacks import Callback, EarlyStopping
+from gpnas.trainers.data import build_digits_dataset
+from gpnas.trainers.datasets import ProxyData
+from gpnas.trainers.proxy import FitResult, ModelEMA, ProxyTrainer, TrainBudget, TrainConfig
 
 IMG = 64  # the 160-px digits letterboxed down: a step takes ~20 ms, so every test here is a few seconds
 

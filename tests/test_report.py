@@ -1,4 +1,4 @@
-"""Tests for results.report: Pareto figures (HTML, PNG), parallel coordinates, gp_* correlations, write_report."""
+"""Tests for gpnas.results.report: Pareto figures (HTML, PNG), parallel coordinates, gp_* correlations, write_report."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from experiments.evaluate import TrialResult
-from experiments.study import TrialRecord
-from results.report import (
+from gpnas.experiments.evaluate import TrialResult
+from gpnas.experiments.study import TrialRecord
+from gpnas.results.report import (
     correlations_csv,
     correlations_markdown,
     gradient_path_correlations,
@@ -21,6 +19,7 @@ from results.report import (
     write_pareto_png,
     write_report,
 )
+from PIL import Image
 
 OBJ3 = ["ap", "gflops", "latency_ms"]
 DIR3 = ["maximize", "minimize", "minimize"]

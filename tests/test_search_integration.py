@@ -16,7 +16,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-GPNAS = [sys.executable, "-m", "experiments.cli"]
+GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
 
 
 def _free_port() -> int:
@@ -71,7 +71,7 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
     assert sum(trials[s] for s in ("complete", "pruned", "infeasible", "failed")) == 4
     assert trials["running"] == 0 and trials["interrupted"] == 0
 
-    from experiments.study import load_study, records
+    from gpnas.experiments.study import load_study, records
 
     recs = records(load_study(folder, "four"))
     for rec in recs:
@@ -104,10 +104,9 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
 
 def _check_export(tmp_path: Path, folder: Path, row: dict) -> None:
     import torch
-
-    from objectives.complexity import measure_complexity
-    from search_space.builder import build_detector
-    from search_space.spec import load_spec
+    from gpnas.objectives.complexity import measure_complexity
+    from gpnas.search_space.builder import build_detector
+    from gpnas.search_space.spec import load_spec
 
     out = tmp_path / "exported"
     _gpnas(tmp_path, "export", str(folder), "--pick", "best-ap", "--out", str(out), "--weights")
@@ -156,7 +155,7 @@ def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> N
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     folder = tmp_path / "runs" / "killed"
-    from experiments.study import finished, load_study, records
+    from gpnas.experiments.study import finished, load_study, records
 
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -243,7 +242,7 @@ def _experiment_id(uri: str, name: str) -> str:
 def test_same_config_twice_gives_the_same_candidates_aps_and_front(tmp_path: Path) -> None:
     """Work budgets + seeded weights + proposals in rounds (sampler.reproducible): TPE proper (after 2 startup
     trials) proposes the same candidates in both runs, whichever trial of a round finished first."""
-    from experiments.study import load_study, records
+    from gpnas.experiments.study import load_study, records
 
     runs = []
     for name in ("first", "second"):

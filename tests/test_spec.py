@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from gpnas.search_space.errors import SpecError
+from gpnas.search_space.presets import PRESETS, get_preset
+from gpnas.search_space.spec import ArchSpec, load_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from search_space.errors import SpecError
-from search_space.presets import PRESETS, get_preset
-from search_space.spec import ArchSpec, load_spec
 
 
 def test_defaults_validate_and_have_stable_id() -> None:
@@ -47,7 +46,7 @@ def test_yaml_and_json_round_trip(name: str, tmp_path) -> None:
 
 
 def test_arch_id_identical_in_another_process() -> None:
-    code = "from search_space.presets import get_preset; print(get_preset('yolor-csp').arch_id)"
+    code = "from gpnas.search_space.presets import get_preset; print(get_preset('yolor-csp').arch_id)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == get_preset("yolor-csp").arch_id
 
@@ -129,8 +128,7 @@ gene_values = st.fixed_dictionaries(
 @given(genes=gene_values)
 def test_random_valid_genes_build_and_run(genes: dict) -> None:
     import torch
-
-    from search_space.builder import build_detector
+    from gpnas.search_space.builder import build_detector
 
     spec = ArchSpec.from_dict({**genes, "img_size": 64})
     model = build_detector(spec).eval()

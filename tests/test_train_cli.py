@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "GPNAS_DIGITS_N_TRAIN": "32",
            "GPNAS_DIGITS_N_VAL": "8"}
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "gpnas.experiments.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -33,7 +33,7 @@ def test_gpnas_train_json_end_to_end(tmp_path: Path) -> None:
 
 def test_bad_digits_size_knob_is_a_clear_error(tmp_path: Path) -> None:
     env_bad = {"GPNAS_DIGITS_N_TRAIN": "lots"}
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "yolor-csp-nano", "--steps", "1",
+    proc = subprocess.run([sys.executable, "-m", "gpnas.experiments.cli", "train", "yolor-csp-nano", "--steps", "1",
                            "--json"], cwd=ROOT, env={**os.environ, **env_bad, "GPNAS_CACHE": str(tmp_path)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
@@ -42,8 +42,8 @@ def test_bad_digits_size_knob_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_digits_size_knob_must_be_positive(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments.train_one import digits_sizes
-    from search_space.errors import ConfigError
+    from gpnas.experiments.train_one import digits_sizes
+    from gpnas.search_space.errors import ConfigError
 
     monkeypatch.setenv("GPNAS_DIGITS_N_VAL", value)
     with pytest.raises(ConfigError, match="GPNAS_DIGITS_N_VAL"):

@@ -1,7 +1,7 @@
 """Anchor presets and anchor fitting for a dataset (ARCH_SPEC §4, "Anchors").
 
 All anchors here are (w, h) in pixels of the training image, three per level, P3/8 first: the format the
-detector exposes as ``anchors: Tensor[nl, na, 2]`` and :class:`trainers.loss.YoloLoss` expects.
+detector exposes as ``anchors: Tensor[nl, na, 2]`` and :class:`gpnas.trainers.loss.YoloLoss` expects.
 
 The quality measure is the one the loss matches with: a box fits an anchor when max(r, 1/r) < thr for both
 sides (r = box / anchor), i.e. when the ratio metric min(r, 1/r) over w and h exceeds 1/thr. Best possible
@@ -13,11 +13,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from gpnas.search_space.errors import DataError
 from numpy.typing import ArrayLike, NDArray
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
-
-from search_space.errors import DataError
 
 __all__ = ["DEFAULT_ANCHORS_V3", "DEFAULT_ANCHORS_YOLOR", "anchor_fitness", "fit_anchors"]
 

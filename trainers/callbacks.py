@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trainers.proxy import FitResult, ProxyTrainer
+    from gpnas.trainers.proxy import FitResult, ProxyTrainer
 
 
 class Callback:

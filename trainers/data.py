@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from gpnas.objectives.accuracy import quiet_coco, read_coco_json, validate_coco_dict
+from gpnas.search_space.errors import DataError
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-
-from objectives.accuracy import quiet_coco, read_coco_json, validate_coco_dict
-from search_space.errors import DataError
 
 PAD_VALUE = 114
 BOX_TOLERANCE_PX = 1.0

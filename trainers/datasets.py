@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpnas.objectives.accuracy import CocoEvaluator
+from gpnas.trainers.data import CocoDetection, build_digits_dataset, make_loader
+from gpnas.trainers.postprocess import non_max_suppression
 from torch import nn
-
-from objectives.accuracy import CocoEvaluator
-from trainers.data import CocoDetection, build_digits_dataset, make_loader
-from trainers.postprocess import non_max_suppression
 
 
 @dataclass

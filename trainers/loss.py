@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from gpnas.search_space.errors import ConfigError, DataError
 from torch import Tensor
 from torch.nn import functional as F
-
-from search_space.errors import ConfigError, DataError
 
 __all__ = ["LevelTargets", "LossHyp", "YoloLoss", "bbox_ciou", "build_targets"]
 

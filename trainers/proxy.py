@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
+from gpnas.search_space.errors import ConfigError, TrainingDiverged
+from gpnas.trainers.callbacks import Callback
+from gpnas.trainers.datasets import ProxyData
+from gpnas.trainers.loss import LossHyp, YoloLoss
 from torch import nn
-
-from search_space.errors import ConfigError, TrainingDiverged
-from trainers.callbacks import Callback
-from trainers.datasets import ProxyData
-from trainers.loss import LossHyp, YoloLoss
 
 #: Loss gains for short proxy runs. YOLOv5's rescaling (cls × nc/80, obj × (img/640)²) keeps per-logit gradients
 #: equal to a 640-px, 80-class run, but with AdamW only the *balance* between the terms reaches the shared

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from gpnas.search_space.modules.common import ConvUnit
+from gpnas.search_space.modules.registry import STAGE_BLOCKS, register_example
+from gpnas.search_space.modules.residual import Bottleneck, ResidualBlock
 from torch import nn
 
-from search_space.modules.common import ConvUnit
-from search_space.modules.registry import STAGE_BLOCKS, register_example
-from search_space.modules.residual import Bottleneck, ResidualBlock
-
 if TYPE_CHECKING:
-    from search_space.spec import ArchSpec
+    from gpnas.search_space.spec import ArchSpec
 
 FUSIONS = ("both", "first", "last", "none")
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from gpnas.search_space.modules.common import ConvUnit
+from gpnas.search_space.modules.registry import STAGE_BLOCKS, register_example
 from torch import nn
 
-from search_space.modules.common import ConvUnit
-from search_space.modules.registry import STAGE_BLOCKS, register_example
-
 if TYPE_CHECKING:
-    from search_space.spec import ArchSpec
+    from gpnas.search_space.spec import ArchSpec
 
 
 @STAGE_BLOCKS.register("elan")

@@ -6,10 +6,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+from gpnas.search_space.modules.common import ConvUnit, ImplicitA, ImplicitM
+from gpnas.search_space.modules.registry import register_example
 from torch import nn
-
-from search_space.modules.common import ConvUnit, ImplicitA, ImplicitM
-from search_space.modules.registry import register_example
 
 NUM_MASKS = 32
 PROTO_WIDTH = 256

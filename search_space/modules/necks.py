@@ -10,17 +10,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from gpnas.search_space.modules.common import ConvUnit
+from gpnas.search_space.modules.csp import CSPB
+from gpnas.search_space.modules.elan import ELAN
+from gpnas.search_space.modules.registry import NECKS, SPP_BLOCKS, register_example
+from gpnas.search_space.modules.residual import Bottleneck
+from gpnas.search_space.modules.spp import MPDown
 from torch import nn
 
-from search_space.modules.common import ConvUnit
-from search_space.modules.csp import CSPB
-from search_space.modules.elan import ELAN
-from search_space.modules.registry import NECKS, SPP_BLOCKS, register_example
-from search_space.modules.residual import Bottleneck
-from search_space.modules.spp import MPDown
-
 if TYPE_CHECKING:
-    from search_space.spec import ArchSpec
+    from gpnas.search_space.spec import ArchSpec
 
 Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from gpnas.search_space.modules.common import ConvUnit
+from gpnas.search_space.modules.registry import SPP_BLOCKS, register_example
 from torch import nn
-
-from search_space.modules.common import ConvUnit
-from search_space.modules.registry import SPP_BLOCKS, register_example
 
 POOL_SIZES = (5, 9, 13)
 
