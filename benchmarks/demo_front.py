@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 
 from gpnas.experiments.config import load_config
-from gpnas.experiments.study import load_study, open_search, records
+from gpnas.experiments.search_api import open_search
 from gpnas.results.front import front_summary
+from gpnas.results.study import load_study, records
 
 
 def run_demo(root: Path) -> tuple[Path, float]:
-    from gpnas.experiments.search_api import run_demo as demo
     from rich.console import Console
+
+    from gpnas.experiments.search_api import run_demo as demo
 
     start = time.perf_counter()
     outcome = demo(root=str(root), console=Console(quiet=True))
@@ -43,9 +45,9 @@ def mlflow_wall_seconds(folder: Path) -> float:
 
 
 def summary(folder: Path) -> dict:
-    _, cfg = open_search(folder)
-    recs = records(load_study(folder, cfg.name))
-    front = front_summary(recs, cfg).front
+    search_folder, cfg = open_search(folder)
+    recs = records(load_study(search_folder, cfg.name))
+    front = front_summary(recs, cfg.objectives, cfg.constraints.model_dump()).front
     trials = {r.number: (r.arch_id, r.state, r.metric("ap"), r.metric("gflops")) for r in recs}
     gflops = [trials[n][3] for n in front]
     span = max(gflops) / min(gflops) if gflops else float("nan")

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+
 from gpnas.objectives.gradient_path import analyze
 from gpnas.objectives.latency import LatencyProtocol, LatencyResult, cpu_name, measure_latency
 from gpnas.search_space.builder import build_detector

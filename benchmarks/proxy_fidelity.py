@@ -34,6 +34,7 @@ from gpnas.results.fidelity_report import analyze, markdown
 
 def header(args: argparse.Namespace) -> str:
     import torch
+
     from gpnas.objectives.latency import cpu_name
 
     try:

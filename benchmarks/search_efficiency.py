@@ -59,8 +59,10 @@ from typing import Any
 
 import numpy as np
 import optuna
+
 from gpnas.experiments.config import load_config
-from gpnas.experiments.runner import build_space, make_sampler
+from gpnas.experiments.runner import build_space
+from gpnas.experiments.searcher import make_sampler
 from gpnas.results.pareto import hypervolume, hypervolume_history
 from gpnas.search_space.space import SearchSpace
 from gpnas.search_space.spec import ArchSpec
@@ -180,20 +182,18 @@ def ap_surrogate(spec: ArchSpec, gflops_640: float, gp_max_sgp: float) -> float:
 
 def score(spec: ArchSpec) -> ArchRecord:
     """Build once; real GFLOPs and gradient-path structure, then the proxy and the surrogate."""
-    from gpnas.objectives.complexity import measure_complexity
-    from gpnas.objectives.gradient_path import analyze
-    from gpnas.search_space.builder import build_detector
+    from gpnas.experiments import stages
 
-    model = build_detector(spec)
-    size = measure_complexity(spec, model=model)
-    gp = analyze(model).aggregates
+    model = stages.build(spec, seed=0)
+    size = stages.measure_size(spec, model)
+    gp, _, _ = stages.gradient_structure(model)
     n_layers = int(gp["gp_n_layers"])
     return ArchRecord(
         arch_id=spec.arch_id, block=spec.block, neck=spec.neck, width_multiple=spec.width_multiple,
-        gflops=size.gflops, gflops_640=size.gflops_640, params_fused=size.params_fused,
+        gflops=size["gflops"], gflops_640=size["gflops_640"], params_fused=int(size["params_fused"]),
         gp_max_sgp=gp["gp_max_sgp"], gp_n_layers=n_layers,
-        latency_ms=latency_proxy_ms(size.gflops, size.params_fused, n_layers),
-        ap=ap_surrogate(spec, size.gflops_640, gp["gp_max_sgp"]),
+        latency_ms=latency_proxy_ms(size["gflops"], int(size["params_fused"]), n_layers),
+        ap=ap_surrogate(spec, size["gflops_640"], gp["gp_max_sgp"]),
     )
 
 

@@ -16,11 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from gpnas.experiments.config import load_config
 from gpnas.experiments.runner import run_search
 from gpnas.experiments.search_api import make_tracker
 from gpnas.objectives.latency import cpu_name
-from rich.console import Console
 
 
 def main() -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from gpnas.search_space.errors import GpnasError
 from rich.console import Console
 from rich.table import Table
+
+from gpnas.search_space.errors import GpnasError, SearchAborted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-path NAS for real-time detectors.")
 console = Console()
@@ -147,7 +148,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Trial counts by state and the Pareto trials of a search (read from its study)."""
-    from gpnas.experiments.study import open_search, search_status
+    from gpnas.experiments.search_api import open_search, search_status
 
     folder, cfg = open_search(search, root)
     info = search_status(folder, cfg)
@@ -178,11 +179,11 @@ def pareto(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """The current Pareto front of a search (feasible complete trials)."""
-    from gpnas.experiments.study import open_search
+    from gpnas.experiments.search_api import open_search
     from gpnas.results.export import pareto_rows
 
-    folder, cfg = open_search(search, root)
-    rows = pareto_rows(folder, cfg)
+    _, cfg = open_search(search, root)
+    rows = pareto_rows(cfg.info())
     if as_json:
         _print_json(rows)
         return
@@ -205,11 +206,11 @@ def export(
     root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
 ) -> None:
     """Write the chosen architectures as spec YAMLs (they rebuild the measured models) plus a manifest."""
-    from gpnas.experiments.study import open_search
+    from gpnas.experiments.search_api import open_search
     from gpnas.results.export import export as export_archs
 
-    folder, cfg = open_search(search, root)
-    manifest = export_archs(folder, cfg, pick, out, weights=weights)
+    _, cfg = open_search(search, root)
+    manifest = export_archs(cfg.info(), pick, out, weights=weights)
     for entry in manifest["architectures"]:
         console.print(f"  {out / entry['spec']}  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
                       f"gflops {entry['gflops']:.4f}")
@@ -287,17 +288,16 @@ def sync(
 ) -> None:
     """Backfill MLflow from the study (after a tracking outage) and re-tag the Pareto front."""
     from gpnas.experiments.config import load_config
-    from gpnas.experiments.study import load_study, open_search, records
+    from gpnas.experiments.search_api import open_search
     from gpnas.results.tracking import MlflowTracker
 
     folder, cfg = open_search(search, root)
     if tracking_uri:
-        cfg = load_config(folder / "config.yaml", [f"storage.tracking_uri={tracking_uri}",
-                                                   f"storage.root={folder.parent}"])
-    tracker = MlflowTracker.connect(cfg)
-    tracker.start_search(cfg, folder)
-    logged = tracker.sync(cfg, folder)
-    tracker.finish_search(cfg, folder, records(load_study(folder, cfg.name)))
+        cfg = load_config(folder.config, [f"storage.tracking_uri={tracking_uri}", f"storage.root={folder.path.parent}"])
+    tracker = MlflowTracker.connect(cfg.info())
+    tracker.start_search(cfg.info())
+    logged = tracker.sync(cfg.info())
+    tracker.finish_search(cfg.info())
     console.print(f"logged {logged} missing trial runs; Pareto tags updated. {tracker.how_to_open()}")
 
 
@@ -308,7 +308,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Serve the MLflow UI for a search's local store on 127.0.0.1."""
-    from gpnas.experiments.study import open_search
+    from gpnas.experiments.search_api import open_search
     from gpnas.results.tracking import serve_ui
 
     folder, _ = open_search(search, root)
@@ -322,20 +322,21 @@ def latency(
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     img: Annotated[int | None, typer.Option(help="Input size (default: the spec's).")] = None,
     dtype: Annotated[str, typer.Option(help="fp32, fp16 (CUDA) or bf16.")] = "fp32",
-    repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 20,
-    warmup: Annotated[int, typer.Option(help="Warm-up iterations.")] = 10,
+    repeats: Annotated[int | None, typer.Option(help="Timed repeats (default: a search's, 10).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up iterations (default: a search's, 5).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Measured latency of the fused model under a declared protocol."""
+    """Measured latency of the fused model under a declared protocol (the one a search uses, by default)."""
     from gpnas.experiments.inspect import resolve_arch
-    from gpnas.objectives.latency import LatencyProtocol, measure_latency
-    from gpnas.search_space.builder import build_detector
+    from gpnas.experiments.stages import build, time_latency
+    from gpnas.objectives.latency import LatencyProtocol
 
     spec = resolve_arch(arch)
+    given = {k: v for k, v in (("repeats", repeats), ("warmup", warmup)) if v is not None}
     protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or spec.img_size,  # type: ignore[arg-type]
-                               repeats=repeats, warmup=warmup, threads=threads)
-    result = measure_latency(build_detector(spec), protocol).to_dict()
+                               threads=threads, **given)
+    result = time_latency(build(spec, seed=0), protocol).to_dict()
     if as_json:
         _print_json({"arch_id": spec.arch_id, "name": spec.name, **result})
         return
@@ -381,6 +382,10 @@ def main() -> None:
     except GpnasError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    except SearchAborted as err:
+        err_console.print(f"[bold red]gpnas bug:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print("This is a bug in gpnas, not in your input; please report it with the traceback above.")
+        raise SystemExit(1) from None
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         raise SystemExit(130) from None

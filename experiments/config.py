@@ -5,24 +5,29 @@ Unknown keys are errors that suggest the close match; values are parsed as YAML 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator, model_validator
+
+from gpnas.objectives.definitions import OBJECTIVES, Direction, directions
+from gpnas.objectives.latency import LatencyProtocol
+from gpnas.results.folder import SearchFolder
+from gpnas.results.records import SearchInfo
 from gpnas.search_space.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from gpnas.trainers.proxy import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainConfig, budget_label
+
+__all__ = ["CONFIG_SCHEMA_VERSION", "DIGITS_N_TRAIN", "DIGITS_N_VAL", "PROXY_STEPS", "TRIAL_MAX_SECONDS",
+           "DataConfig", "SearchConfig", "budget_label", "load_config", "save_config"]
 
 CONFIG_SCHEMA_VERSION = 1
-OBJECTIVES = ("ap", "gflops", "latency_ms")
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 #: The bundled digits set's size.
 DIGITS_N_TRAIN, DIGITS_N_VAL = 2000, 300
-#: The default proxy budget, in optimiser steps (a work budget: the same AP on a quiet or a loaded machine), for
-#: searches and `gpnas train`; benchmarks/proxy_fidelity.py measures how far its ranking agrees with longer training.
-PROXY_STEPS = 300
-#: The default wall-clock cap of one trial's training (a safety: a trial past it is recorded as ``timeout``).
-TRIAL_MAX_SECONDS = 1800.0
 
 
 class _Section(BaseModel):
@@ -111,68 +116,34 @@ class DataConfig(_Section):
         return self
 
 
-class TrainSection(_Section):
-    """The proxy-training budget and settings of every trial.
+class _LatencyBase(_Section):
+    """The latency protocol of every trial (the input size is the candidate's); ``enabled: false`` skips it."""
 
-    Default: a work budget of ``steps`` optimiser steps. Giving ``epochs`` or ``seconds`` without ``steps``
-    replaces it; ``seconds`` is the time mode ("AP at equal compute": machine- and load-dependent). Several
-    budgets together: whichever comes first. ``max_seconds`` is the wall-clock cap
-    per trial (evaluations included); a trial past it ends as ``timeout`` with its partial AP recorded.
-    """
-
-    epochs: int | None = None
-    steps: int | None = PROXY_STEPS
-    seconds: float | None = None
-    max_seconds: float | None = TRIAL_MAX_SECONDS
-    seed: int = 0
-    batch_size: int = 16
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 0.004
-    ema: bool = True
-    amp: bool = True
-    device: str = "cpu"
-    threads: int | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _other_budget(cls, data: Any) -> Any:
-        """``seconds`` or ``epochs`` given without ``steps`` replace the default step budget (not add to it)."""
-        if isinstance(data, dict) and "steps" not in data and \
-                (data.get("seconds") is not None or data.get("epochs") is not None):
-            data = {**data, "steps": None}
-        return data
+    enabled: bool = True
 
     @model_validator(mode="after")
-    def _budget(self) -> TrainSection:
-        if self.epochs is None and self.steps is None and self.seconds is None:
-            raise ValueError("set a training budget: train.steps (default), train.epochs or train.seconds")
-        for name in ("epochs", "steps", "seconds", "max_seconds"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"train.{name} must be positive (or null), got {value}")
+    def _valid_protocol(self) -> _LatencyBase:
+        try:  # the protocol's own rules, checked when the config is read
+            self.protocol(img_size=32)
+        except ValueError as err:
+            raise ValueError(str(err).replace("LatencyProtocol.", "latency.")) from None
         return self
 
-    def budget_label(self) -> str:
-        return budget_label(steps=self.steps, epochs=self.epochs, seconds=self.seconds)
+    def protocol(self, *, img_size: int) -> LatencyProtocol:
+        fields = {k: v for k, v in self.model_dump().items() if k != "enabled"}
+        return LatencyProtocol(img_size=img_size, **fields)
 
 
-def budget_label(*, steps: float | None = None, epochs: float | None = None, seconds: float | None = None,
-                 **_: Any) -> str:
-    """A training budget in words: ``300 steps``, ``2 epochs or 60 seconds``."""
-    parts = [f"{v:g} {k}" for k, v in (("steps", steps), ("epochs", epochs), ("seconds", seconds)) if v is not None]
-    return " or ".join(parts)
+def _section_of(cls: type, base: type[BaseModel], *, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A config section generated from a dataclass: the same keys, types and defaults, so a key valid for the
+    dataclass is valid in the config and the other way round."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls)
+                              if f.name not in exclude}
+    return create_model(f"{cls.__name__}Section", __base__=base, __module__=__name__, **fields)
 
 
-class LatencySection(_Section):
-    enabled: bool = True
-    device: str = "cpu"
-    batch: int = 1
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    warmup: int = 5
-    repeats: int = 10
-    iters_per_repeat: int = 3
-    channels_last: bool = False
-    threads: int = 1
+LatencySection = _section_of(LatencyProtocol, _LatencyBase, exclude=("img_size",))
 
 
 class EarlyStoppingConfig(_Section):
@@ -197,13 +168,13 @@ class SearchConfig(_Section):
     schema_version: int = CONFIG_SCHEMA_VERSION
     name: str = "search"
     space: SpaceConfig = SpaceConfig()
-    objectives: tuple[Literal["ap", "gflops", "latency_ms"], ...] = OBJECTIVES
+    objectives: tuple[str, ...] = ("ap", "gflops", "latency_ms")
     constraints: ConstraintsConfig = ConstraintsConfig()
     sampler: SamplerConfig = SamplerConfig()
     budget: BudgetConfig = BudgetConfig()
     data: DataConfig = DataConfig()
-    train: TrainSection = TrainSection()
-    latency: LatencySection = LatencySection()
+    train: TrainConfig = TrainConfig()
+    latency: LatencySection = LatencySection()  # type: ignore[valid-type]
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     storage: StorageConfig = StorageConfig()
     gradient_path: GradientPathConfig = GradientPathConfig()
@@ -227,49 +198,80 @@ class SearchConfig(_Section):
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError(f"objectives must be a non-empty subset of {list(OBJECTIVES)} without repeats")
+        unknown = [o for o in v if o not in OBJECTIVES]
+        if not v or len(set(v)) != len(v) or unknown:
+            raise ValueError(f"objectives must be a non-empty subset of {list(OBJECTIVES)} without repeats"
+                             + (f" (unknown: {unknown})" if unknown else ""))
         return v
 
     @model_validator(mode="after")
     def _latency_needed(self) -> SearchConfig:
-        if "latency_ms" in self.objectives and not self.latency.enabled:
-            raise ValueError("objectives include latency_ms but latency.enabled is false")
+        timed = [o for o in self.objectives if OBJECTIVES[o].measured_by == "latency"]
+        if timed and not self.latency.enabled:
+            raise ValueError(f"objectives include {', '.join(timed)} but latency.enabled is false")
         return self
 
-    def directions(self) -> list[str]:
-        return ["maximize" if o == "ap" else "minimize" for o in self.objectives]
+    def directions(self) -> list[Direction]:
+        return directions(self.objectives)
+
+    def modes(self) -> list[str]:
+        """Ray Tune's spelling of the directions."""
+        return [OBJECTIVES[o].mode for o in self.objectives]
 
     def search_dir(self) -> Path:
-        return (Path(self.storage.root).expanduser() / self.name).resolve()
+        return self.folder().path
+
+    def folder(self) -> SearchFolder:
+        return SearchFolder(Path(self.storage.root) / self.name)
+
+    def info(self) -> SearchInfo:
+        """This search as the results floor sees it (no dependency on this config type there)."""
+        return SearchInfo(name=self.name, folder=self.folder(), objectives=tuple(self.objectives),
+                          constraints=self.constraints.model_dump(), settings=self.model_dump(mode="json"),
+                          tracking_uri=self.storage.tracking_uri)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _suggest(key: str, model: type[BaseModel]) -> str:
-    close = difflib.get_close_matches(key, list(model.model_fields), n=1)
-    return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(model.model_fields)}"
+def _keys(section: type) -> list[str]:
+    if dataclasses.is_dataclass(section):
+        return [f.name for f in dataclasses.fields(section)]
+    return list(section.model_fields)  # type: ignore[attr-defined]
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: Any = SearchConfig
+def _field_type(section: type, name: str) -> type | None:
+    if dataclasses.is_dataclass(section):
+        hint = typing.get_type_hints(section).get(name)
+    else:
+        field = section.model_fields.get(name)  # type: ignore[attr-defined]
+        hint = field.annotation if field is not None else None
+    is_section = isinstance(hint, type) and (dataclasses.is_dataclass(hint) or issubclass(hint, BaseModel))
+    return hint if is_section else None
+
+
+def _suggest(key: str, section: type) -> str:
+    keys = _keys(section)
+    close = difflib.get_close_matches(key, keys, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(keys)}"
+
+
+def _section_at(loc: tuple[Any, ...]) -> type | None:
+    """The config section (pydantic model or dataclass) that holds the key at ``loc``."""
+    section: type | None = SearchConfig
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return None
-        model = field.annotation
-    return model
+        section = _field_type(section, str(part)) if section is not None and isinstance(part, str) else None
+    return section
 
 
 def format_config_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            model = _model_at(e["loc"])
-            hint = _suggest(str(e["loc"][-1]), model) if model else ""
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            section = _section_at(e["loc"])
+            hint = _suggest(str(e["loc"][-1]), section) if section else ""
             lines.append(f"{source}: unknown key '{loc}'; {hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")

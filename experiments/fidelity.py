@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from gpnas.experiments.config import SearchConfig, budget_label, load_config
+from gpnas.objectives.definitions import OBJECTIVES
+from gpnas.results.folder import SearchFolder
 from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 
 PLAN_FILE, RUNS_FILE = "plan.json", "runs.jsonl"
-FIDELITY_DIR = "fidelity"
 
 
 # ------------------------------------------------------------------------------------------------ panels
@@ -120,7 +121,7 @@ class FidelityPlan:
         data = self.cfg.model_dump(mode="json")
         data["train"].update({**self.budget(job["kind"]), "seed": job["seed"]})
         data["latency"]["enabled"] = False
-        data["objectives"] = [o for o in data["objectives"] if o != "latency_ms"] or ["ap"]
+        data["objectives"] = [o for o in data["objectives"] if OBJECTIVES[o].measured_by != "latency"] or ["ap"]
         data["gradient_path"]["measured"] = False
         return SearchConfig(**data)
 
@@ -135,12 +136,12 @@ def key(job: dict[str, Any]) -> str:
     return f"{job['label']}|{job['kind']}|{job['seed']}"
 
 
-def plan_from_search(folder: Path, cfg: SearchConfig, *, max_candidates: int = 8, factor: float = 4.0,
+def plan_from_search(folder: SearchFolder, cfg: SearchConfig, *, max_candidates: int = 8, factor: float = 4.0,
                      seeds: tuple[int, ...] = (), reference_seeds: tuple[int, ...] = (0,)) -> FidelityPlan:
     """The search's Pareto front plus a spread sample of its other complete trials (evenly spaced in proxy AP),
     ``max_candidates`` in all. The search's own results stand for the proxy runs at ``train.seed``."""
-    from gpnas.experiments.study import load_study, records
     from gpnas.results.front import competing, front_summary
+    from gpnas.results.study import load_study, records
 
     recs = records(load_study(folder, cfg.name))
     done: dict[int, Any] = {}
@@ -150,7 +151,8 @@ def plan_from_search(folder: Path, cfg: SearchConfig, *, max_candidates: int = 8
     if len(done) < 2:
         raise ConfigError(f"search '{cfg.name}' has {len(done)} complete trial(s); fidelity needs at least 2 "
                           "(finish it with `gpnas resume`)")
-    chosen = [n for n in front_summary(recs, cfg).front if n in done][:max_candidates]
+    front = front_summary(recs, cfg.objectives, cfg.constraints.model_dump()).front
+    chosen = [n for n in front if n in done][:max_candidates]
     rest = sorted((n for n in done if n not in chosen), key=lambda n: done[n].metric("ap"))
     room = max(0, max_candidates - len(chosen))
     if rest and room:
@@ -292,6 +294,21 @@ def run_plan(plan: FidelityPlan, folder: Path, *, workers: int = 1, say: Callabl
 
 
 # ------------------------------------------------------------------------------------------------ entry
+def _search_plan(search: str, root: str, overrides: tuple[str, ...], factor: float, n_seeds: int,
+                 n_reference_seeds: int, max_candidates: int) -> tuple[FidelityPlan, SearchFolder, str | None]:
+    """The plan of a finished search, its folder and its tracking URI."""
+    from gpnas.experiments.search_api import open_search
+
+    if overrides:
+        raise ConfigError(f"overrides {list(overrides)} only apply with --panel; a search's fidelity uses the "
+                          "search's own config")
+    folder, cfg = open_search(search, root)
+    seed0 = cfg.train.seed
+    plan = plan_from_search(folder, cfg, max_candidates=max_candidates, factor=factor,
+                            seeds=tuple(range(seed0, seed0 + n_seeds)), reference_seeds=tuple(range(n_reference_seeds)))
+    return plan, folder, cfg.storage.tracking_uri
+
+
 def run_fidelity(
     search: str | None = None,
     *,
@@ -317,28 +334,17 @@ def run_fidelity(
         raise ConfigError("give one of: a search (its name or folder), or --panel NAME (e.g. --panel nano)")
     if n_seeds < 1 or n_reference_seeds < 1:
         raise ConfigError(f"--seeds {n_seeds} / --reference-seeds {n_reference_seeds}: give at least 1 of each")
-    search_folder = None
     if search is not None:
-        from gpnas.experiments.study import open_search
-
-        if overrides:
-            raise ConfigError(f"overrides {list(overrides)} only apply with --panel; a search's fidelity uses the "
-                              "search's own config")
-        search_folder, cfg = open_search(search, root)
-        seed0 = cfg.train.seed
-        plan = plan_from_search(search_folder, cfg, max_candidates=max_candidates, factor=factor,
-                                seeds=tuple(range(seed0, seed0 + n_seeds)),
-                                reference_seeds=tuple(range(n_reference_seeds)))
-        out = out or search_folder / FIDELITY_DIR
-        experiment = cfg.name
-        uri = cfg.storage.tracking_uri
+        plan, search_folder, uri = _search_plan(search, root, overrides, factor, n_seeds, n_reference_seeds,
+                                                max_candidates)
+        out = out or search_folder.fidelity
+        experiment = plan.cfg.name
     else:
         assert panel_name is not None
         plan = plan_from_panel(panel_name, config=config, overrides=overrides, factor=factor,
                                seeds=tuple(range(n_seeds)), reference_seeds=tuple(range(n_reference_seeds)))
-        out = out or Path(root) / f"fidelity-{panel_name}"
+        out, search_folder, uri = out or Path(root) / f"fidelity-{panel_name}", None, None
         experiment = f"fidelity-{panel_name}"
-        uri = None
     out = out.resolve()
     if plan.cfg.train.seconds is not None:
         say("note: this budget includes train.seconds, so proxy AP depends on the machine's load; the rank "
@@ -355,14 +361,14 @@ def run_fidelity(
     (out / "fidelity.md").write_text(markdown(report, settings))
     artifacts = [out / "fidelity.json", out / "fidelity.md", scatter_png(report, out / "scatter.png")]
     if mlflow:
-        from gpnas.results.tracking import MlflowTracker, default_tracking_uri
+        from gpnas.results.tracking import MlflowTracker
 
-        home = search_folder or out
-        tracker = MlflowTracker(uri or default_tracking_uri(home), home)
+        home = search_folder or SearchFolder(out)  # a panel's own folder holds its MLflow store
+        tracker = MlflowTracker(uri or home.mlflow_uri, home)
         if tracker.uri.startswith(("http://", "https://")):
             tracker.check_reachable()
         report["mlflow_run_id"] = tracker.log_fidelity(experiment, out, report, artifacts, settings,
-                                                       search_folder=search_folder)
+                                                       search_folder=search_folder.path if search_folder else None)
     report["folder"] = str(out)
     report["settings"] = settings
     return report

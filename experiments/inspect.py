@@ -33,35 +33,32 @@ def describe(
     layers: bool = False,
 ) -> dict[str, Any]:
     """Size (params, fused params, GFLOPs at ``img`` and 640) and, if asked, gradient-path metrics."""
-    from gpnas.objectives.complexity import measure_complexity
-    from gpnas.search_space.builder import build_detector
+    from gpnas.experiments.stages import build, gradient_structure, measure_size
 
     if head is not None and head != spec.head:
         spec = spec.replace(head=head)
     img = spec.img_size if img is None else img
     if img % 32 or img < 32:
         raise SpecError(f"--img {img}: the input size must be a positive multiple of 32")
-    model = build_detector(spec)
-    size = measure_complexity(spec, img=img, model=model)
+    model = build(spec, seed=0)
+    size = measure_size(spec, model, img=img)
     out: dict[str, Any] = {
         "name": spec.name,
         "arch_id": spec.arch_id,
         "head": spec.head,
-        "params": size.params,
-        "params_fused": size.params_fused,
-        "gflops": round(size.gflops, 4),
-        "gflops_640": round(size.gflops_640, 4),
+        "params": int(size["params"]),
+        "params_fused": int(size["params_fused"]),
+        "gflops": round(size["gflops"], 4),
+        "gflops_640": round(size["gflops_640"], 4),
         "img": img,
         "num_classes": spec.num_classes,
         "spec": spec.to_dict(),
     }
     if gradient_path or layers:
-        from gpnas.objectives.gradient_path import analyze
-
-        report = analyze(model.eval())
-        gp = {k.removeprefix("gp_"): v for k, v in report.aggregates.items()}
-        gp["seconds"] = round(report.seconds, 4)
+        aggregates, table, seconds = gradient_structure(model.eval())
+        gp: dict[str, Any] = {k.removeprefix("gp_"): v for k, v in aggregates.items()}
+        gp["seconds"] = round(seconds, 4)
         if layers:
-            gp["layers"] = report.table()
+            gp["layers"] = table
         out["gradient_path"] = gp
     return out

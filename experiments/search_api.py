@@ -1,12 +1,41 @@
-"""Library side of `gpnas search / resume / demo`: wire the config, the tracker and the runner together."""
+"""Library side of `gpnas search / resume / demo / status`: find a search, wire the config, the tracker and the
+runner together, and summarise."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments.config import SearchConfig, load_config
-from gpnas.experiments.runner import SearchOutcome, run_search
+from gpnas.results import study as st
+from gpnas.results.folder import SearchFolder
+from gpnas.results.front import front_summary
+from gpnas.search_space.errors import ConfigError
+
+if TYPE_CHECKING:  # the runner imports ray lazily; load it only when a search runs
+    from gpnas.experiments.runner import SearchOutcome
+
+__all__ = ["open_search", "resume_search", "run_demo", "search_status", "start_search"]
+
+
+def open_search(name_or_dir: str | Path, root: str | Path = "runs") -> tuple[SearchFolder, SearchConfig]:
+    """A search folder (path) or a search name under ``root``; returns (folder, its saved SearchConfig)."""
+    path = Path(name_or_dir)
+    candidates = [SearchFolder(path), SearchFolder(Path(root) / str(name_or_dir))]
+    for folder in candidates:
+        if folder.config.is_file():  # the folder may have moved since: its location wins over the saved root
+            return folder, load_config(folder.config, [f"storage.root={folder.path.parent}"])
+    raise ConfigError(f"no search '{name_or_dir}': neither {candidates[0]} nor {candidates[1]} holds a "
+                      "config.yaml (give the search folder's path, or its name with --root)")
+
+
+def search_status(folder: SearchFolder, cfg: SearchConfig) -> dict[str, Any]:
+    """Counts by state, the budget, and the Pareto trial numbers (feasible complete trials only)."""
+    recs = st.records(st.load_study(folder, cfg.name))
+    summary = front_summary(recs, cfg.objectives, cfg.constraints.model_dump())
+    return {"name": cfg.name, "folder": str(folder), "total": cfg.budget.num_trials, "finished": st.finished(recs),
+            "trials": st.counts(recs), "pareto": summary.front, "knee": summary.knee,
+            "hypervolume": summary.hypervolume, "objectives": list(cfg.objectives)}
 
 
 def make_tracker(cfg: SearchConfig, enabled: bool) -> Any:
@@ -15,10 +44,12 @@ def make_tracker(cfg: SearchConfig, enabled: bool) -> Any:
         return None
     from gpnas.results.tracking import MlflowTracker
 
-    return MlflowTracker.connect(cfg)
+    return MlflowTracker.connect(cfg.info())
 
 
 def start_search(cfg: SearchConfig, *, console: Any, mlflow: bool = True, resume: bool = False) -> SearchOutcome:
+    from gpnas.experiments.runner import run_search
+
     tracker = make_tracker(cfg, mlflow)
     outcome = run_search(cfg, resume=resume, console=console, tracker=tracker)
     summarise(outcome, cfg, console, tracker)
@@ -27,35 +58,29 @@ def start_search(cfg: SearchConfig, *, console: Any, mlflow: bool = True, resume
 
 def resume_search(search: str, *, root: str = "runs", address: str | None = None, console: Any,
                   mlflow: bool = True) -> SearchOutcome:
-    from gpnas.experiments.study import open_search
-
     folder, cfg = open_search(search, root)
-    overrides = [f"storage.root={folder.parent}"]
+    overrides = [f"storage.root={folder.path.parent}"]
     if address:
         overrides.append(f"ray_address={address}")
-    cfg = load_config(folder / "config.yaml", overrides)
+    cfg = load_config(folder.config, overrides)
     return start_search(cfg, console=console, mlflow=mlflow, resume=True)
 
 
 def run_demo(*, root: str = "runs", console: Any) -> SearchOutcome:
     cfg = load_config("demo", [f"storage.root={root}"])
-    exists = (cfg.search_dir() / "study.db").is_file()
+    exists = cfg.folder().study_db.is_file()
     return start_search(cfg, console=console, resume=exists)
 
 
 def summarise(outcome: SearchOutcome, cfg: SearchConfig, console: Any, tracker: Any) -> None:
     """The closing lines: counts, the Pareto front, and where to look."""
-    from gpnas.experiments.study import search_status
     from rich.table import Table
 
-    info = search_status(outcome.folder, cfg)
-    console.print(f"\nsearch [bold]{cfg.name}[/] finished: {info['trials']}")
-    try:
-        from gpnas.results.export import pareto_rows
+    from gpnas.results.export import pareto_rows
 
-        rows = pareto_rows(outcome.folder, cfg)
-    except ImportError:
-        rows = []
+    info = search_status(cfg.folder(), cfg)
+    console.print(f"\nsearch [bold]{cfg.name}[/] finished: {info['trials']}")
+    rows = pareto_rows(cfg.info())
     if rows:
         table = Table("trial", "arch_id", "ap", "gflops", "latency_ms", title="Pareto front")
         for r in rows:

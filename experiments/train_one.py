@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gpnas.experiments.config import DIGITS_N_TRAIN, DIGITS_N_VAL, PROXY_STEPS
+from gpnas.experiments.config import DIGITS_N_TRAIN, DIGITS_N_VAL, DataConfig
 from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 
@@ -57,34 +57,37 @@ def train_candidate(
     budget gives the same AP on a quiet or a loaded machine; ``seconds`` gives AP at equal compute.
     """
     import torch
-    from gpnas.search_space.builder import build_detector
+
+    from gpnas.experiments import stages
     from gpnas.trainers.callbacks import ProgressBar
-    from gpnas.trainers.datasets import ProxyData
-    from gpnas.trainers.proxy import ProxyTrainer, TrainBudget, TrainConfig
+    from gpnas.trainers.proxy import TrainConfig
 
     img = img or spec.img_size
     if img != spec.img_size:
         spec = spec.replace(img_size=img)
-    if data == "digits":
-        n_train, n_val = digits_sizes()
-        proxy = ProxyData.digits(img_size=img, seed=0, n_train=n_train, n_val=n_val)
-    else:
-        if not images:
-            raise ConfigError(f"--data {data}: a COCO annotation file needs --images DIR")
-        proxy = ProxyData.coco(data, images, val_data or data, val_images or images, img_size=img)
+    proxy = stages.load_data(_data_config(data, images, val_data, val_images), img)
     if proxy.num_classes != spec.num_classes:
         spec = spec.replace(num_classes=proxy.num_classes)
-    if epochs is None and seconds is None and steps is None:
-        steps = PROXY_STEPS
-    budget = TrainBudget(epochs=epochs, steps=steps, seconds=seconds, max_seconds=max_seconds)
-    callbacks = [ProgressBar(total_seconds=seconds, total_steps=steps)] if progress else []
-    config = TrainConfig(device=device, seed=seed, **train_overrides)
-    torch.manual_seed(seed)
-    model = build_detector(spec)
-    fit = ProxyTrainer(config, callbacks).fit(model, proxy, budget)
+    # No budget given: TrainConfig's default (PROXY_STEPS steps). max_seconds is passed as given, so there is no
+    # wall-clock cap unless asked for (TrainConfig's default cap is the search's, per trial).
+    config = TrainConfig(epochs=epochs, steps=steps, seconds=seconds, max_seconds=max_seconds, device=device,
+                         seed=seed, **train_overrides)
+    callbacks = [ProgressBar(total_seconds=config.seconds, total_steps=config.steps)] if progress else []
+    fit = stages.train(stages.build(spec, seed=seed), proxy, config, callbacks)
     if save is not None and fit.model is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(fit.model.state_dict(), save)
     out = {"arch_id": spec.arch_id, "name": spec.name, "data": proxy.name, **fit.to_dict()}
     out.update({k: v for k, v in fit.metrics.items() if k not in ("epoch", "step")})
     return out
+
+
+def _data_config(data: str, images: str | None, val_data: str | None, val_images: str | None) -> DataConfig:
+    """The CLI's data arguments as a search config's ``data`` section (so both load data the same way)."""
+    if data == "digits":
+        n_train, n_val = digits_sizes()
+        return DataConfig(kind="digits", seed=0, n_train=n_train, n_val=n_val)
+    if not images:
+        raise ConfigError(f"--data {data}: a COCO annotation file needs --images DIR")
+    return DataConfig(kind="coco", train_ann=data, train_images=images, val_ann=val_data or data,
+                      val_images=val_images or images)

@@ -1,7 +1,8 @@
-"""COCO box AP through pycocotools' COCOeval, as a reset / process / evaluate evaluator.
+"""COCO box AP through pycocotools' COCOeval, as a reset / process / evaluate evaluator, and val inference.
 
-Also home of the COCO annotation-file reading and validation shared with ``trainers/data.py``, so ground
-truth is checked the same way whether it is trained on or scored against.
+:func:`inference_on_dataset` runs a detector over a val loader into an evaluator (detectron2's function of the
+same name); :class:`ValEvaluation` is the trainer callback that does it at each evaluation point. Ground truth
+is read and validated by ``gpnas.trainers.coco_files``, the same code that reads the training annotations.
 
 Box formats: COCO files and results hold ``bbox = [x, y, w, h]`` in original image pixels; detections
 handed to :meth:`CocoEvaluator.process` are ``Tensor[n, 6]`` rows ``(x1, y1, x2, y2, score, class_index)`` in
@@ -13,91 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from gpnas.search_space.errors import ConfigError, DataError
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+from gpnas.search_space.errors import ConfigError, DataError
+from gpnas.trainers.callbacks import Callback
+from gpnas.trainers.coco_files import quiet_coco, read_coco_json, validate_coco_dict
+from gpnas.trainers.data import CocoDetection, ImageMeta, make_loader
+from gpnas.trainers.postprocess import non_max_suppression
+
+if TYPE_CHECKING:
+    from gpnas.trainers.datasets import ProxyData
+    from gpnas.trainers.proxy import ProxyTrainer, TrainConfig
 
 METRIC_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-_ANN_KEYS = ("id", "image_id", "category_id", "bbox")
-
-
-def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
-    """Read a COCO annotation file; DataError if it is missing or not valid JSON (with the parse position)."""
-    path = Path(ann_file)
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}; pass the path of a COCO instances JSON file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} (char {err.pos}); "
-            "fix or regenerate the file"
-        ) from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text ({err}); pass a COCO instances JSON file") from err
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: top level must be a JSON object with images/annotations/categories")
-    return data
-
-
-def validate_coco_dict(
-    data: dict[str, Any], source: str, *, image_keys: Sequence[str] = ("id",)
-) -> dict[str, Any]:
-    """Check the keys COCO tools rely on and return a copy with defaults filled in.
-
-    Missing ``area`` becomes ``w * h`` of the bbox and missing ``iscrowd`` becomes 0 (COCOeval reads both).
-    Raises DataError naming ``source`` (the file) and the missing key, list index and annotation id.
-    """
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{source}: missing key {key!r} (a list); a COCO instances file needs "
-                            "'images', 'annotations' and 'categories'")
-    for name, keys in (("images", tuple(image_keys)), ("categories", ("id",))):
-        for i, entry in enumerate(data[name]):
-            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
-            if missing:
-                raise DataError(f"{source}: {name}[{i}] has no key {missing[0]!r}; each entry needs {keys}")
-    image_ids = {img["id"] for img in data["images"]}
-    category_ids = {cat["id"] for cat in data["categories"]}
-    anns = []
-    for i, ann in enumerate(data["annotations"]):
-        missing = [k for k in _ANN_KEYS if not isinstance(ann, dict) or k not in ann]
-        if missing:
-            ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
-            raise DataError(f"{source}: annotations[{i}] (id {ann_id}) has no key {missing[0]!r}; "
-                            f"each annotation needs {_ANN_KEYS} with bbox = [x, y, w, h] in pixels")
-        box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-                and all(math.isfinite(v) for v in box)):
-            raise DataError(f"{source}: annotation id {ann['id']} has bbox {box!r}; expected 4 finite "
-                            "numbers [x, y, w, h] in pixels")
-        if ann["image_id"] not in image_ids:
-            raise DataError(f"{source}: annotation id {ann['id']} refers to image_id {ann['image_id']}, "
-                            "which is not in 'images'")
-        if ann["category_id"] not in category_ids:
-            raise DataError(f"{source}: annotation id {ann['id']} has category_id {ann['category_id']}, "
-                            f"which is not in 'categories' {sorted(category_ids)}")
-        if "area" not in ann or "iscrowd" not in ann:
-            ann = {"area": float(box[2] * box[3]), "iscrowd": 0, **ann}
-        anns.append(ann)
-    return {**data, "annotations": anns}
-
-
-def quiet_coco(data: dict[str, Any]) -> COCO:
-    """A pycocotools COCO index over an already-validated dict, without its stdout chatter."""
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def load_ground_truth(ground_truth: str | Path | dict[str, Any] | COCO) -> tuple[str, COCO]:
@@ -225,3 +162,74 @@ class CocoEvaluator:
         self.summary_text = buffer.getvalue()
         stats = [float(v) for v in coco_eval.stats[: len(METRIC_KEYS)]]
         return {key: max(value, 0.0) for key, value in zip(METRIC_KEYS, stats, strict=True)}
+
+
+# ----------------------------------------------------------------------------------------- val inference
+@torch.no_grad()
+def inference_on_dataset(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor, list[ImageMeta]]],
+    evaluator: CocoEvaluator,
+    *,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 100,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """COCO box AP of ``model`` over ``loader``: letterbox -> decode -> NMS -> original pixels -> ``evaluator``.
+
+    ``loader`` yields ``(images: Tensor[B, 3, S, S], targets, metas: list[ImageMeta])`` as
+    ``gpnas.trainers.data.make_loader`` does; ``model(images)`` is decoded by ``model.decode`` into
+    ``Tensor[B, N, 5 + nc]`` (cx, cy, w, h in letterboxed pixels, probabilities). The evaluator is reset first,
+    so it scores this pass only; the model runs in eval mode and gets its training mode back afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    try:
+        for imgs, _, metas in loader:
+            preds = model.decode(model(imgs.to(device)))  # type: ignore[operator]
+            dets = non_max_suppression(preds, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
+            batch = []
+            for det, meta in zip(dets, metas, strict=True):
+                det = det.cpu()
+                det[:, :4] = meta.to_original(det[:, :4])
+                batch.append((meta.image_id, det))
+            evaluator.process(batch)
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate()
+
+
+class ValEvaluation(Callback):
+    """COCO box AP on a val set at each evaluation point of a :class:`~gpnas.trainers.proxy.ProxyTrainer`.
+
+    ``val`` is the val split itself (a ``CocoDetection``, e.g. ``ProxyData.val``), not a ``ProxyData``: any
+    COCO-format set can score a training, whatever it trains on. The evaluator (ground truth validated and
+    indexed) is built once here; each evaluation runs :func:`inference_on_dataset` over the val images in file
+    order on the trainer's device, with the trainer's evaluation model (the EMA copy when EMA is on), and adds
+    ap, ap50, ap75, ap_small, ap_medium, ap_large to the metrics in place. :func:`val_evaluation` builds one
+    with a ``TrainConfig``'s thresholds.
+    """
+
+    def __init__(
+        self, val: CocoDetection, *, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 100,
+        batch_size: int = 64,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"ValEvaluation batch_size must be a positive int (val images per forward pass), "
+                              f"got {batch_size!r}")
+        self.val = val
+        self.conf_thres, self.iou_thres, self.max_det, self.batch_size = conf_thres, iou_thres, max_det, batch_size
+        self.evaluator = CocoEvaluator(val.coco, max_dets=max_det, category_ids=val.category_ids)
+
+    def on_evaluate(self, trainer: ProxyTrainer, model: nn.Module, metrics: dict[str, float]) -> None:
+        # A fresh loader per pass, seeded as always: the val order (and so the AP) never depends on history.
+        loader = make_loader(self.val, batch_size=self.batch_size, shuffle=False, seed=0)
+        metrics.update(inference_on_dataset(model, loader, self.evaluator, conf_thres=self.conf_thres,
+                                            iou_thres=self.iou_thres, max_det=self.max_det, device=trainer.device))
+
+
+def val_evaluation(data: ProxyData, config: TrainConfig) -> ValEvaluation:
+    """The :class:`ValEvaluation` of ``data.val`` with ``config``'s conf_thres, iou_thres and max_det."""
+    return ValEvaluation(data.val, conf_thres=config.conf_thres, iou_thres=config.iou_thres, max_det=config.max_det)

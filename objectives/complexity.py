@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
 from gpnas.search_space.builder import Detector, build_detector, count_params
 from gpnas.search_space.spec import ArchSpec
-from torch import nn
 
 PAPER_IMG = 640
 _TRACE_IMG = 64

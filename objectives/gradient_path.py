@@ -38,8 +38,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from gpnas.objectives._gp_graph import LOSS, Feed, GraphError, LayerGraph, WeightedLayer, extract_graph
 from torch import nn
+
+from gpnas.objectives._gp_graph import LOSS, Feed, GraphError, LayerGraph, WeightedLayer, extract_graph
 
 __all__ = [
     "LOSS",

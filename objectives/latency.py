@@ -35,8 +35,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from gpnas.search_space.errors import GpnasError
 from torch import nn
+
+from gpnas.search_space.errors import GpnasError
 
 try:  # POSIX only; without it the CPU lock degrades to a no-op (see latency_lock).
     import fcntl
@@ -80,6 +81,10 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 class LatencyProtocol:
     """How a latency figure is measured; logged with every figure.
 
+    The defaults (5 warm-up passes, 10 timed repeats of 3 passes) are the ones a search uses for every candidate
+    and `gpnas latency` uses for one architecture, so the two figures are taken the same way. A search config's
+    ``latency`` section holds these fields (all but ``img_size``, which is the candidate's).
+
     Attributes:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         batch: images per forward pass.
@@ -98,10 +103,10 @@ class LatencyProtocol:
     batch: int = 1
     dtype: Dtype = "fp32"
     img_size: int = 640
-    warmup: int = 10
+    warmup: int = 5
     warmup_seconds: float | None = None
-    repeats: int = 20
-    iters_per_repeat: int = 5
+    repeats: int = 10
+    iters_per_repeat: int = 3
     channels_last: bool = False
     threads: int = 1
 

@@ -12,15 +12,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from gpnas.experiments import study as st
-from gpnas.results.front import competing, front_summary
+from gpnas.results import study as st
+from gpnas.results.front import FrontSummary, competing, front_summary
+from gpnas.results.records import SearchInfo, TrialRecord
 from gpnas.search_space.errors import ConfigError
+
+__all__ = ["PICKS", "export", "pareto_rows", "pick_records"]
 
 PICKS = ("pareto", "knee", "best-ap", "fastest")
 _CONDITION = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 
 
-def _row(rec: st.TrialRecord) -> dict[str, Any]:
+def _row(rec: TrialRecord) -> dict[str, Any]:
     m = rec.result.metrics if rec.result else {}
     latency = m.get("latency_ms")
     return {"trial_id": rec.number, "arch_id": rec.arch_id, "ap": m.get("ap", math.nan),
@@ -28,21 +31,25 @@ def _row(rec: st.TrialRecord) -> dict[str, Any]:
             "params_m": m.get("params_m", math.nan), "latency_ms": latency, "run_id": rec.mlflow_run_id}
 
 
-def pareto_rows(folder: Path, cfg: Any) -> list[dict[str, Any]]:
+def _front(recs: list[TrialRecord], search: SearchInfo) -> FrontSummary:
+    return front_summary(recs, search.objectives, search.constraints)
+
+
+def pareto_rows(search: SearchInfo) -> list[dict[str, Any]]:
     """The current front as rows (trial_id, arch_id, ap, gflops, latency_ms, run_id), best AP first."""
-    recs = st.records(st.load_study(folder, cfg.name))
-    front = set(front_summary(recs, cfg).front)
+    recs = st.records(st.load_study(search.folder, search.name))
+    front = set(_front(recs, search).front)
     rows = [_row(r) for r in recs if r.number in front]
     return sorted(rows, key=lambda r: -r["ap"])
 
 
-def pick_records(recs: list[st.TrialRecord], cfg: Any, pick: str) -> list[st.TrialRecord]:
+def pick_records(recs: list[TrialRecord], search: SearchInfo, pick: str) -> list[TrialRecord]:
     """``pareto`` (the front), ``knee``, ``best-ap``, ``fastest`` (lowest latency, else GFLOPs), or a condition
     such as ``latency_ms<5`` / ``gflops<=0.1`` / ``ap>0.3``, which keeps the front members that satisfy it."""
-    done = competing(recs, list(cfg.objectives))
+    done = competing(recs, search.objectives)
     if not done:
         raise ConfigError("this search has no complete trial to export yet")
-    summary = front_summary(recs, cfg)
+    summary = _front(recs, search)
     front = [r for r in done if r.number in summary.front]
     if pick == "pareto":
         return front
@@ -78,32 +85,35 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def export(folder: Path, cfg: Any, pick: str, out: Path, *, weights: bool = False) -> dict[str, Any]:
+def _entry(search: SearchInfo, rec: TrialRecord, out: Path, weights: bool) -> dict[str, Any]:
+    """Copy one trial's spec (and weights) into ``out``; its manifest entry."""
+    spec_src = search.folder.trial_spec(rec.number)
+    if not spec_src.is_file():
+        raise ConfigError(f"{spec_src} is missing; the search folder is incomplete (was it moved?)")
+    spec_path = out / f"{rec.arch_id}.yaml"
+    shutil.copyfile(spec_src, spec_path)
+    result = rec.result
+    entry: dict[str, Any] = {"spec": spec_path.name, **_row(rec), "metrics": result.metrics if result else {},
+                             "latency_protocol": (result.latency or {}).get("protocol") if result else None}
+    if weights:
+        src = Path(result.weights_path) if result and result.weights_path else None
+        if src is None or not src.is_file():
+            raise ConfigError(f"trial {rec.number} has no saved weights ({src}); re-run it with weights saved")
+        dst = out / f"{rec.arch_id}.pt"
+        shutil.copyfile(src, dst)
+        entry["weights"] = dst.name
+    return entry
+
+
+def export(search: SearchInfo, pick: str, out: Path, *, weights: bool = False) -> dict[str, Any]:
     """Write ``<out>/<arch_id>.yaml`` per chosen trial, ``manifest.json``, and ``<arch_id>.pt`` if asked."""
-    recs = st.records(st.load_study(folder, cfg.name))
-    chosen = pick_records(recs, cfg, pick)
+    recs = st.records(st.load_study(search.folder, search.name))
+    chosen = pick_records(recs, search, pick)
     out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for rec in chosen:
-        trial_dir = folder / "trials" / f"{rec.number:04d}"
-        spec_src = trial_dir / "spec.yaml"
-        if not spec_src.is_file():
-            raise ConfigError(f"{spec_src} is missing; the search folder is incomplete (was it moved?)")
-        spec_path = out / f"{rec.arch_id}.yaml"
-        shutil.copyfile(spec_src, spec_path)
-        entry: dict[str, Any] = {"spec": spec_path.name, **_row(rec), "metrics": rec.result.metrics if rec.result
-                                 else {}, "latency_protocol": (rec.result.latency or {}).get("protocol")
-                                 if rec.result else None}
-        if weights:
-            src = Path(rec.result.weights_path) if rec.result and rec.result.weights_path else None
-            if src is None or not src.is_file():
-                raise ConfigError(f"trial {rec.number} has no saved weights ({src}); re-run it with weights saved")
-            dst = out / f"{rec.arch_id}.pt"
-            shutil.copyfile(src, dst)
-            entry["weights"] = dst.name
-        entries.append(entry)
-    manifest = {"search": cfg.name, "folder": str(folder), "pick": pick, "objectives": list(cfg.objectives),
-                "data": cfg.data.model_dump(), "train": cfg.train.model_dump(), "latency": cfg.latency.model_dump(),
-                "versions": _versions(), "architectures": entries}
+    entries = [_entry(search, rec, out, weights) for rec in chosen]
+    settings = search.settings
+    manifest = {"search": search.name, "folder": str(search.folder.path), "pick": pick,
+                "objectives": list(search.objectives), "data": settings.get("data"), "train": settings.get("train"),
+                "latency": settings.get("latency"), "versions": _versions(), "architectures": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return manifest

@@ -7,12 +7,16 @@ the worst observed value, for minimised objectives) and is logged with the figur
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from gpnas.experiments.study import TrialRecord
+
+from gpnas.objectives.definitions import directions as directions_of
 from gpnas.results.pareto import hypervolume, hypervolume_history, knee_point, non_dominated_sort, reference_point
+from gpnas.results.records import TrialRecord
+
+__all__ = ["FrontSummary", "competing", "front_summary"]
 
 
 @dataclass
@@ -25,19 +29,21 @@ class FrontSummary:
     knee: int | None = None  # trial number
 
 
-def competing(recs: list[TrialRecord], objectives: tuple[str, ...] | list[str]) -> list[TrialRecord]:
+def competing(recs: list[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
     return [r for r in recs if r.state == "complete" and r.result is not None
             and all(np.isfinite(r.metric(o)) for o in objectives)]
 
 
-def front_summary(recs: list[TrialRecord], cfg: Any) -> FrontSummary:
-    objectives, directions = list(cfg.objectives), cfg.directions()
+def front_summary(recs: list[TrialRecord], objectives: Sequence[str],
+                  constraints: Mapping[str, float | None] | None = None) -> FrontSummary:
+    """The front of the complete, feasible trials on ``objectives``; ``constraints`` (key -> limit) place the
+    hypervolume reference of a bounded objective at its bound."""
+    objectives, directions = list(objectives), directions_of(objectives)
     done = sorted(competing(recs, objectives), key=lambda r: r.number)
     if not done:
         return FrontSummary()
     values = np.array([[r.metric(o) for o in objectives] for r in done], dtype=float)
     ranks = non_dominated_sort(values, directions)
-    constraints = cfg.constraints.model_dump() if hasattr(cfg, "constraints") else None
     ref = reference_point(values, directions, objectives, constraints)
     return FrontSummary(
         front=[r.number for r, k in zip(done, ranks, strict=True) if k == 0],

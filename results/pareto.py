@@ -19,12 +19,12 @@ same reference, so :func:`reference_point` documents how it is chosen and caller
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import numpy as np
 
+from gpnas.objectives.definitions import OBJECTIVES, Direction
+
 __all__ = [
-    "OBJECTIVE_DIRECTIONS",
     "Direction",
     "hypervolume",
     "hypervolume_history",
@@ -34,14 +34,6 @@ __all__ = [
     "reference_point",
 ]
 
-Direction = Literal["maximize", "minimize"]
-OBJECTIVE_DIRECTIONS: dict[str, Direction] = {
-    "ap": "maximize",
-    "gflops": "minimize",
-    "latency_ms": "minimize",
-}
-# Which constraint bounds the reference of a minimised objective (SearchConfig's constraint names).
-_CONSTRAINT_FOR: dict[str, str] = {"gflops": "max_gflops", "latency_ms": "max_latency_ms"}
 _MARGIN = 0.1
 
 
@@ -223,11 +215,12 @@ def _reference_coordinate(
     column: np.ndarray, name: str, direction: str, constraints: Mapping[str, float | None]
 ) -> float:
     """One coordinate of :func:`reference_point`."""
-    bound_key = _CONSTRAINT_FOR.get(name)
+    known = OBJECTIVES.get(name)
+    bound_key = known.constraint if known else None
     if direction == "minimize" and bound_key is not None and constraints.get(bound_key) is not None:
         return float(constraints[bound_key])  # type: ignore[arg-type]
-    if direction == "maximize" and name == "ap":
-        return 0.0
+    if known is not None and known.natural_bound is not None:
+        return known.natural_bound
     finite = column[np.isfinite(column)]
     if finite.size == 0:
         hint = f" or pass constraints['{bound_key}']" if bound_key else ""
@@ -264,7 +257,7 @@ def reference_point(
     if len(names) != len(directions):
         raise ValueError(f"names {list(names)} and directions {list(directions)} must have the same length.")
     for name, direction in zip(names, directions, strict=True):
-        expected = OBJECTIVE_DIRECTIONS.get(name)
+        expected = OBJECTIVES[name].direction if name in OBJECTIVES else None
         if expected is not None and expected != direction:
             raise ValueError(f"Objective {name!r} is always {expected!r}; got direction {direction!r}.")
     points = points.reshape(-1, len(directions))

@@ -1,7 +1,7 @@
 """Plots and tables of a search: Pareto scatter (interactive HTML and a PNG), parallel coordinates of genes
 against objectives, and Spearman correlations of the gradient-path aggregates (``gp_*``) with AP.
 
-Input is the study's rows (:class:`gpnas.experiments.study.TrialRecord`). Only complete trials are plotted and
+Input is the study's rows (:class:`gpnas.results.records.TrialRecord`). Only complete trials are plotted and
 correlated; infeasible ones appear greyed on the Pareto scatter (their AP is 0, as the study records it);
 pruned, failed, interrupted and running trials are left out. Everything copes with a search that has no or one
 complete trial: figures then carry a note instead of points, and nothing raises.
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from gpnas.experiments.study import TrialRecord
+
+from gpnas.objectives.definitions import OBJECTIVES
 from gpnas.results.pareto import pareto_mask
+from gpnas.results.records import TrialRecord
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["correlations_csv", "correlations_markdown", "gradient_path_correlations", "parallel_coordinates",
            "pareto_figure", "write_pareto_html", "write_pareto_png", "write_report"]
 
-LABELS = {"ap": "AP@[.5:.95]", "ap50": "AP@.5", "gflops": "GFLOPs", "latency_ms": "latency (ms)",
-          "params_m": "params (M)", "trial": "trial number"}
+#: Axis labels of metrics that are not objectives (objectives carry their own label).
+LABELS = {"ap50": "AP@.5", "params_m": "params (M)", "trial": "trial number"}
 _FRONT_COLOUR = "#d62728"
 _INFEASIBLE_COLOUR = "#b0b0b0"
 _CSV_FIELDS = ("feature", "spearman_rho", "p_value", "n", "note")
@@ -37,7 +39,7 @@ _HOVER = {"hovertemplate": "%{text}<extra></extra>"}
 
 
 def _label(name: str) -> str:
-    return LABELS.get(name, name)
+    return OBJECTIVES[name].label if name in OBJECTIVES else LABELS.get(name, name)
 
 
 def _num(value: Any) -> float:

@@ -20,19 +20,25 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from gpnas.experiments import study as st
-from gpnas.experiments.config import SearchConfig
+from gpnas.objectives.definitions import OBJECTIVES
+from gpnas.results import study as st
+from gpnas.results.folder import SearchFolder
+from gpnas.results.front import front_summary
+from gpnas.results.records import SearchInfo, TrialRecord
 from gpnas.search_space.errors import ConfigError
 
-TRIAL_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops", "gflops_640", "params",
+__all__ = ["MlflowTracker", "serve_ui"]
+
+_OTHER_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops", "gflops_640", "params",
                  "params_m", "params_fused", "latency_ms", "latency_iqr_ms", "latency_cv", "train_seconds",
                  "images_per_second", "epochs")
+
+
+def _logged_metric(key: str) -> bool:
+    """Which result metrics become MLflow metrics: every objective, the figures above, the gp_* aggregates."""
+    return key in OBJECTIVES or key in _OTHER_METRICS or key.startswith("gp_")
 RUN_STATUS = {"complete": "FINISHED", "infeasible": "FINISHED", "pruned": "KILLED", "failed": "FAILED",
               "timeout": "KILLED", "interrupted": "FAILED"}
-
-
-def default_tracking_uri(folder: Path) -> str:
-    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -49,7 +55,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class MlflowTracker:
     """Writes a search to MLflow through ``MlflowClient`` (no fluent active-run state, safe next to Tune)."""
 
-    def __init__(self, uri: str, folder: Path) -> None:
+    def __init__(self, uri: str, folder: SearchFolder) -> None:
         import mlflow  # noqa: F401  (fail here, clearly, if missing)
         from mlflow.tracking import MlflowClient
 
@@ -62,12 +68,11 @@ class MlflowTracker:
 
     # ------------------------------------------------------------------------------------------- set-up
     @classmethod
-    def connect(cls, cfg: SearchConfig) -> MlflowTracker:
+    def connect(cls, search: SearchInfo) -> MlflowTracker:
         """Check the store is reachable before anything is trained; a clear error if not."""
-        folder = cfg.search_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        uri = cfg.storage.tracking_uri or default_tracking_uri(folder)
-        tracker = cls(uri, folder)
+        search.folder.path.mkdir(parents=True, exist_ok=True)
+        uri = search.tracking_uri or search.folder.mlflow_uri
+        tracker = cls(uri, search.folder)
         if uri.startswith(("http://", "https://")):
             tracker.check_reachable()
         return tracker
@@ -89,12 +94,13 @@ class MlflowTracker:
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
-            location = (self.folder / "mlartifacts").resolve().as_uri()
+            location = self.folder.mlflow_artifacts.as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def start_search(self, cfg: SearchConfig, folder: Path) -> None:
+    def start_search(self, search: SearchInfo) -> None:
         """Find or create the experiment and the search's parent run (one per search folder)."""
-        self.experiment_id = self._experiment(cfg.name)
+        self.experiment_id = self._experiment(search.name)
+        folder = search.folder.path
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`gpnas.role` = 'search' and tags.`gpnas.folder` = '{folder}'",
             max_results=1,
@@ -103,18 +109,18 @@ class MlflowTracker:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             return
-        run = self.client.create_run(self.experiment_id, run_name=f"{cfg.name} (search)",
+        run = self.client.create_run(self.experiment_id, run_name=f"{search.name} (search)",
                                      tags={"gpnas.role": "search", "gpnas.folder": str(folder)})
         self.parent_id = run.info.run_id
-        params = _flatten(cfg.model_dump(mode="json"))
+        params = _flatten(dict(search.settings))
         for key, value in params.items():
             self.client.log_param(self.parent_id, key, value[:6000])
-        config = folder / "config.yaml"
+        config = search.folder.config
         if config.is_file():
             self.client.log_artifact(self.parent_id, str(config))
 
     # ------------------------------------------------------------------------------------------- trials
-    def log_trial_safe(self, rec: st.TrialRecord) -> str | None:
+    def log_trial_safe(self, rec: TrialRecord) -> str | None:
         """Log one trial; an MLflow failure is a warning (the study keeps it; `gpnas sync` backfills)."""
         try:
             return self.log_trial(rec)
@@ -133,7 +139,7 @@ class MlflowTracker:
                                        max_results=50_000)
         return {int(r.data.tags["gpnas.trial"]): r.info.run_id for r in runs if "gpnas.trial" in r.data.tags}
 
-    def log_trial(self, rec: st.TrialRecord, existing: dict[int, str] | None = None) -> str:
+    def log_trial(self, rec: TrialRecord, existing: dict[int, str] | None = None) -> str:
         """The child run of one trial; a trial that already has a run under this parent is not logged again."""
         assert self.experiment_id is not None and self.parent_id is not None, "start_search first"
         existing = self.run_ids() if existing is None else existing
@@ -149,7 +155,7 @@ class MlflowTracker:
         self.client.set_terminated(run_id, status=RUN_STATUS.get(rec.state, "FINISHED"))
         return run_id
 
-    def _log_trial_content(self, run_id: str, rec: st.TrialRecord) -> None:
+    def _log_trial_content(self, run_id: str, rec: TrialRecord) -> None:
         from mlflow.entities import Metric, Param
 
         params = {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in rec.params.items()}
@@ -158,7 +164,7 @@ class MlflowTracker:
         metrics = []
         if result is not None:
             for key, value in result.metrics.items():
-                if (key in TRIAL_METRICS or key.startswith("gp_")) and isinstance(value, (int, float)):
+                if _logged_metric(key) and isinstance(value, (int, float)):
                     metrics.append(Metric(key, float(value), 0, 0))
             for i, epoch in enumerate(result.history):
                 for key in ("ap", "ap50"):
@@ -167,13 +173,11 @@ class MlflowTracker:
         self.client.log_batch(run_id, metrics=metrics, params=[Param(k, v[:6000]) for k, v in params.items()])
         self._log_trial_artifacts(run_id, rec)
 
-    def _log_trial_artifacts(self, run_id: str, rec: st.TrialRecord) -> None:
-        folder = self.folder / "trials" / f"{rec.number:04d}"
-        spec = folder / "spec.yaml"
+    def _log_trial_artifacts(self, run_id: str, rec: TrialRecord) -> None:
+        spec = self.folder.trial_spec(rec.number)
         if spec.is_file():
             self.client.log_artifact(run_id, str(spec))
-        full = folder / "result.json"
-        data = json.loads(full.read_text()) if full.is_file() else {}
+        data = self.folder.read_trial(rec.number)
         with tempfile.TemporaryDirectory() as tmp:
             layers = data.get("gp_layers") or []
             if layers:
@@ -191,26 +195,24 @@ class MlflowTracker:
                 self.client.log_artifact(run_id, str(path))
 
     # ------------------------------------------------------------------------------------------- end
-    def sync(self, cfg: SearchConfig, folder: Path) -> int:
+    def sync(self, search: SearchInfo) -> int:
         """Backfill child runs for every ended trial without one; returns how many were logged."""
         if self.parent_id is None:
-            self.start_search(cfg, folder)
+            self.start_search(search)
         existing = self.run_ids()
         logged = 0
-        for rec in st.records(st.load_study(folder, cfg.name)):
+        for rec in st.records(st.load_study(search.folder, search.name)):
             if rec.state in ("running", "waiting") or rec.number in existing:
                 continue
             existing[rec.number] = self.log_trial(rec, existing)
             logged += 1
         return logged
 
-    def finish_search(self, cfg: SearchConfig, folder: Path, recs: list[st.TrialRecord]) -> None:
+    def finish_search(self, search: SearchInfo) -> None:
         """Backfill, tag the current front, log counts, hypervolume history and the report to the parent."""
-        from gpnas.results.front import front_summary
-
-        self.sync(cfg, folder)
-        recs = st.records(st.load_study(folder, cfg.name))
-        summary = front_summary(recs, cfg)
+        self.sync(search)
+        recs = st.records(st.load_study(search.folder, search.name))
+        summary = front_summary(recs, search.objectives, search.constraints)
         for number, run_id in self.run_ids().items():
             self.client.set_tag(run_id, "is_pareto", "true" if number in summary.front else "false")
             rank = summary.ranks.get(number)
@@ -222,17 +224,15 @@ class MlflowTracker:
             self.client.log_metric(self.parent_id, "hypervolume", hv, step=step)
         self.client.set_tag(self.parent_id, "hypervolume_reference", json.dumps(summary.reference))
         self.client.set_tag(self.parent_id, "pareto_trials", json.dumps(summary.front))
-        self._log_report(recs, cfg)
+        self._log_report(recs, search)
         self.client.set_terminated(self.parent_id, status="FINISHED")
 
-    def _log_report(self, recs: list[st.TrialRecord], cfg: SearchConfig) -> None:
-        try:
-            from gpnas.results.report import write_report
-        except ImportError:
-            return
-        out = self.folder / "report"
+    def _log_report(self, recs: list[TrialRecord], search: SearchInfo) -> None:
+        from gpnas.results.report import write_report
+
+        out = self.folder.report
         out.mkdir(exist_ok=True)
-        paths = write_report(recs, list(cfg.objectives), cfg.directions(), out)
+        paths = write_report(recs, list(search.objectives), search.directions(), out)
         for path in paths.values():
             self.client.log_artifact(self.parent_id, str(path), artifact_path="report")
 
@@ -274,7 +274,7 @@ class MlflowTracker:
 
     def how_to_open(self) -> str:
         if self.uri.startswith("sqlite:"):
-            where = f"gpnas ui {self.folder}    (serves the MLflow UI on http://127.0.0.1:5000)"
+            where = f"gpnas ui {self.folder.path}    (serves the MLflow UI on http://127.0.0.1:5000)"
         else:
             where = f"open {self.uri}"
         return (f"Pareto front in MLflow: {where}; experiment '{self._experiment_name()}', "
@@ -286,16 +286,15 @@ class MlflowTracker:
         return self.client.get_experiment(self.experiment_id).name
 
 
-def serve_ui(folder: Path, port: int = 5000) -> int:
+def serve_ui(folder: SearchFolder, port: int = 5000) -> int:
     """Serve the MLflow UI for a search's local store on 127.0.0.1 (blocks until interrupted)."""
     import subprocess
     import sys
 
-    db = folder / "mlflow.db"
-    if not db.is_file():
-        raise ConfigError(f"{folder} has no local MLflow store (mlflow.db); was it run with --tracking-uri?")
+    if not folder.mlflow_db.is_file():
+        raise ConfigError(f"{folder.path} has no local MLflow store (mlflow.db); was it run with --tracking-uri?")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", default_tracking_uri(folder),
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", folder.mlflow_uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     print(f"MLflow UI for {folder.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
     return subprocess.call(cmd, env=env)

@@ -6,8 +6,10 @@ probed with a dummy forward pass (STYLE.md 4).
 
 from __future__ import annotations
 
-import gpnas.search_space.modules  # noqa: F401  (registers every block family)
 import torch
+from torch import nn
+
+import gpnas.search_space.modules  # noqa: F401  (registers every block family)
 from gpnas.search_space.errors import SpecError
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.search_space.modules.heads import NUM_MASKS, PROTO_WIDTH, Detect, Proto
@@ -15,7 +17,6 @@ from gpnas.search_space.modules.registry import NECKS, STAGE_BLOCKS
 from gpnas.search_space.modules.residual import ResidualBlock
 from gpnas.search_space.modules.spp import MPDown
 from gpnas.search_space.spec import ArchSpec
-from torch import nn
 
 STRIDES = (8, 16, 32)
 

@@ -37,3 +37,9 @@ class OutOfMemory(GpnasError, RuntimeError):
 
 class TrialTimeout(GpnasError, RuntimeError):
     """A trial's training hit its wall-clock cap (``train.max_seconds``); its partial AP is recorded, not scored."""
+
+
+class SearchAborted(RuntimeError):
+    """A trial hit a bug in gpnas (not a failure of its candidate): the search stops, with the trial's traceback.
+
+    Deliberately not a :class:`GpnasError`: it is not the user's input to fix, and the CLI reports it as a bug."""

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from gpnas.search_space.errors import SpecError
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from gpnas.search_space.errors import SpecError
 
 SCHEMA_VERSION = 1
 NUM_STAGES = 4

@@ -1,4 +1,5 @@
-"""CocoEvaluator on a tiny hand-made ground truth: golden AP values and every bad-input error."""
+"""CocoEvaluator on a tiny hand-made ground truth: golden AP values and every bad-input error; val inference
+and the ValEvaluation callback on a tiny digits set."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator
-from gpnas.search_space.errors import DataError
 from pycocotools.coco import COCO
+from torch import nn
+
+from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator, ValEvaluation, inference_on_dataset
+from gpnas.search_space.errors import DataError
+from gpnas.trainers.data import CocoDetection, build_digits_dataset, make_loader
+from gpnas.trainers.proxy import ProxyTrainer
 
 # category ids 3 and 7 are not contiguous on purpose: class index 0 -> id 3, 1 -> id 7
 GT_BOXES = {  # image id -> [(category id, x, y, w, h)]: one small, one medium and one large box at least
@@ -142,3 +147,64 @@ def test_detection_errors() -> None:
     with pytest.raises(DataError, match=r"shape"):
         evaluator.process([(1, torch.zeros(2, 5))])
     assert evaluator.evaluate()["ap"] == 0.0  # a rejected batch adds nothing
+
+
+# ------------------------------------------------------------------------------ val inference and its callback
+class OracleDetector(nn.Module):
+    """Predicts the ground truth of the images in the order they come (a val loader's file order), in
+    letterboxed pixels, optionally shifting every other box by ``shift`` × its width: with a shift, an AP
+    strictly between 0 and 1 that any slip in the pipeline would change."""
+
+    def __init__(self, ds: CocoDetection, shift: float = 0.0) -> None:
+        super().__init__()
+        self.ds, self.shift, self.seen = ds, shift, 0
+        self.modes: list[bool] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        start, self.seen = self.seen, self.seen + len(images)
+        return torch.arange(start, self.seen) % len(self.ds)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """-> Tensor[B, N, 5 + nc]: (cx, cy, w, h) letterboxed pixels, objectness, one-hot class; zero padding."""
+        size, nc = self.ds.img_size, self.ds.num_classes
+        width = max(len(self.ds.labels[i]) for i in indices.tolist())
+        out = torch.zeros(len(indices), width, 5 + nc)
+        for b, i in enumerate(indices.tolist()):
+            labels = torch.from_numpy(self.ds.labels[i]).float()
+            boxes = labels[:, 1:5] * size
+            boxes[1::2, 0] += self.shift * boxes[1::2, 2]
+            out[b, : len(labels), :4] = boxes
+            out[b, : len(labels), 4] = 0.9
+            out[b, torch.arange(len(labels)), 5 + labels[:, 0].long()] = 1.0
+        return out
+
+
+@pytest.fixture(scope="module")
+def digits_val(tmp_path_factory: pytest.TempPathFactory) -> CocoDetection:
+    paths = build_digits_dataset(tmp_path_factory.mktemp("digits"), seed=0, img_size=96, n_train=1, n_val=12)
+    return CocoDetection(paths.val_images, paths.val_ann, img_size=64)  # 96 -> 64: a real rescale
+
+
+def _loader(ds: CocoDetection) -> Any:
+    return make_loader(ds, batch_size=5, shuffle=False, seed=0)  # 12 images: a short last batch
+
+
+def test_inference_on_dataset_maps_boxes_back_and_restores_the_mode(digits_val: CocoDetection) -> None:
+    model = OracleDetector(digits_val).train()
+    evaluator = CocoEvaluator(digits_val.coco, category_ids=digits_val.category_ids)
+    first = inference_on_dataset(model, _loader(digits_val), evaluator)
+    assert first["ap"] > 0.99 and first["ap50"] > 0.99
+    assert model.modes == [False] * 3 and model.training  # eval mode inside, training mode given back
+    assert inference_on_dataset(model, _loader(digits_val), evaluator) == first  # the evaluator is reset first
+
+
+def test_val_evaluation_gives_the_ap_of_inference_on_dataset(digits_val: CocoDetection) -> None:
+    evaluator = CocoEvaluator(digits_val.coco, category_ids=digits_val.category_ids)
+    direct = inference_on_dataset(OracleDetector(digits_val, shift=0.3), _loader(digits_val), evaluator)
+    assert 0.0 < direct["ap"] < 0.99
+    metrics = {"epoch": 1.0, "step": 4.0, "train_seconds": 0.5}
+    ValEvaluation(digits_val, batch_size=5).on_evaluate(ProxyTrainer(), OracleDetector(digits_val, shift=0.3),
+                                                          metrics)
+    assert metrics == {"epoch": 1.0, "step": 4.0, "train_seconds": 0.5, **direct}
+    assert set(direct) == set(METRIC_KEYS)

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+
 from gpnas.objectives.complexity import fvcore_macs, measure_complexity
 from gpnas.search_space.builder import build_detector, count_params
 from gpnas.search_space.modules import BLOCK_EXAMPLES, NECKS, SPP_BLOCKS, STAGE_BLOCKS

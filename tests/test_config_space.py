@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+
 from gpnas.experiments.config import PROXY_STEPS, load_config
 from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.presets import get_preset
@@ -30,6 +31,12 @@ def test_packaged_configs_load_and_overrides_apply() -> None:
         (["sampler.type=cmaes"], "sampler.type"),
         (["no_equals_sign"], "key.sub=value"),
         (["data.kind=coco"], "data.train_ann"),
+        (["train.lrr=0.1"], "did you mean 'lr'"),  # the train section is the trainer's own config type
+        (["train.hyp.clss=1"], "did you mean 'cls'"),
+        (["train.lr=-1"], "train.lr must be positive"),
+        (["latency.repeats=0"], "latency.repeats=0"),  # the latency section is the protocol's
+        (["latency.warmupp=3"], "did you mean 'warmup'"),
+        (["objectives=[ap, speed]"], "unknown: ['speed']"),
     ],
 )
 def test_bad_config_errors_name_the_key(overrides: list[str], needle: str) -> None:
@@ -48,15 +55,14 @@ def test_search_train_defaults_match_the_benchmarked_proxy_trainer() -> None:
     assert search.max_seconds and search.max_seconds > 0  # with a wall-clock safety
 
 
-def test_seconds_alone_selects_the_time_mode_and_a_budget_is_required() -> None:
+def test_seconds_alone_selects_the_time_mode_and_no_budget_means_the_default() -> None:
     cfg = load_config(None, ["train.seconds=30"])
     assert (cfg.train.steps, cfg.train.seconds) == (None, 30)
     both = load_config(None, ["train.seconds=30", "train.steps=50"])
     assert (both.train.steps, both.train.seconds) == (50, 30)  # whichever comes first
     epochs = load_config(None, ["train.epochs=2"]).train
     assert (epochs.epochs, epochs.steps) == (2, None)  # another budget alone replaces the default steps
-    with pytest.raises(ConfigError, match="set a training budget"):
-        load_config(None, ["train.steps=null"])
+    assert load_config(None, ["train.steps=null"]).train.steps == PROXY_STEPS  # no budget at all: the default
     with pytest.raises(ConfigError, match="max_seconds must be positive"):
         load_config(None, ["train.max_seconds=0"])
 
@@ -119,3 +125,28 @@ def test_unknown_gene_suggests() -> None:
         _space({"fuson": {"choices": ["both"]}})
     with pytest.raises(ConfigError, match="per_stage"):
         _space({"neck": {"choices": ["fpn"], "per_stage": True}})
+
+
+def test_an_objective_is_one_definition_that_every_layer_reads() -> None:
+    """Registering an objective (here params_m, written by the size stage) is enough for config validation,
+    directions and Ray modes, the Pareto view, MLflow metrics and report labels."""
+    from gpnas.objectives.definitions import OBJECTIVES, Objective, register_objective
+    from gpnas.results.front import front_summary
+    from gpnas.results.records import TrialRecord, TrialResult
+    from gpnas.results.report import _label
+    from gpnas.results.tracking import _logged_metric
+
+    with pytest.raises(ConfigError, match="params_m"):
+        load_config(None, ["objectives=[ap, params_m]"])
+    register_objective(Objective("params_m", "minimize", "M", "parameters (M)", "cheap", constraint="max_params_m"))
+    try:
+        cfg = load_config(None, ["objectives=[ap, params_m]", "constraints.max_params_m=2.0"])
+        assert cfg.directions() == ["maximize", "minimize"] and cfg.modes() == ["max", "min"]
+        recs = [TrialRecord(n, "complete", None, f"a{n}", None,
+                            TrialResult(f"a{n}", "complete", metrics={"ap": ap, "params_m": pm}), None, {})
+                for n, (ap, pm) in enumerate([(0.5, 1.0), (0.4, 0.5), (0.3, 0.9)])]
+        summary = front_summary(recs, cfg.objectives, cfg.constraints.model_dump())
+        assert summary.front == [0, 1] and summary.reference == [0.0, 2.0]  # the constraint bounds its reference
+        assert _logged_metric("params_m") and _label("params_m") == "parameters (M)"
+    finally:
+        OBJECTIVES.pop("params_m")

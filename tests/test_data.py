@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from gpnas.objectives.accuracy import CocoEvaluator
 from gpnas.search_space.errors import DataError
 from gpnas.trainers import data as data_module
 from gpnas.trainers.data import CocoDetection, build_digits_dataset, collate, make_loader
-from PIL import Image
 
 S = 64
 RED, BLUE, GREEN = (200, 10, 10), (10, 10, 200), (10, 200, 10)
@@ -249,3 +250,29 @@ def test_digits_ground_truth_scores_ap_one(tmp_path: Path, capsys: pytest.Captur
         evaluator.process(batch)
     assert evaluator.evaluate()["ap"] > 0.99
     assert capsys.readouterr().out == ""
+
+
+def test_val_loader_gives_every_val_image_in_file_order(tiny: tuple[Path, Path]) -> None:
+    from gpnas.trainers.datasets import ProxyData
+
+    images, ann = tiny
+    data = ProxyData.coco(ann, images, ann, images, img_size=S, augment=False)
+    for _ in range(2):  # the same order on every pass
+        batches = list(data.val_loader(batch_size=1))
+        assert [metas[0].image_id for _, _, metas in batches] == data.val.image_ids == [1, 2]
+    (imgs, _, metas), = data.val_loader()
+    assert imgs.shape == (2, 3, S, S) and len(metas) == 2
+
+
+def test_coco_files_fill_defaults_and_name_the_annotation() -> None:
+    from gpnas.trainers.coco_files import validate_coco_dict
+
+    coco = _coco()
+    for ann in coco["annotations"]:
+        del ann["area"], ann["iscrowd"]
+    filled = validate_coco_dict(coco, "mem.json")
+    assert [(a["area"], a["iscrowd"]) for a in filled["annotations"]] == [(1200, 0), (2500, 0), (1200, 0), (100, 0)]
+    assert "area" not in coco["annotations"][0]  # the input is not modified
+    coco["annotations"][2]["category_id"] = 4
+    with pytest.raises(DataError, match=r"mem\.json: annotation id 3 has category_id 4"):
+        validate_coco_dict(coco, "mem.json")

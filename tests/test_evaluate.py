@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from gpnas.experiments.config import load_config
 from gpnas.experiments.evaluate import evaluate_candidate
 from gpnas.search_space.presets import get_preset
@@ -56,7 +57,8 @@ def test_same_spec_seed_and_work_budget_give_the_same_ap(cfg) -> None:
 
 
 def test_trial_past_its_wall_clock_cap_is_recorded_as_timeout(cfg, tmp_path) -> None:
-    from gpnas.experiments.study import COUNTED_STATES, open_storage, tell_result, trial_record
+    from gpnas.results.records import COUNTED_STATES
+    from gpnas.results.study import open_storage, tell_result, trial_record
 
     cfg = load_config(None, ["data.n_train=24", "data.n_val=8", "train.steps=100000", "train.batch_size=8",
                              "train.max_seconds=1", "latency.enabled=false", "objectives=[ap, gflops]"])

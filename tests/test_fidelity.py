@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from gpnas.results.fidelity_report import analyze, candidate_table, markdown
 
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 import torch
+from torch import nn
+
 from gpnas.objectives.gradient_path import (
     GraphError,
     analyze,
@@ -16,7 +18,6 @@ from gpnas.objectives.gradient_path import (
     measure_gradients,
 )
 from gpnas.search_space.modules.common import ConvUnit, ImplicitA, ImplicitM, MaskedAdd
-from torch import nn
 
 C = 4
 SHAPE = (1, 3, 8, 8)

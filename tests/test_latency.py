@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from gpnas.objectives.latency import (
     LOCK_ENV_VAR,
     DeviceUnavailableError,
@@ -20,7 +22,6 @@ from gpnas.objectives.latency import (
     latency_lock,
     measure_latency,
 )
-from torch import nn
 
 SHORT = {"repeats": 3, "warmup": 1, "iters_per_repeat": 2, "img_size": 32}
 

@@ -7,8 +7,9 @@ import math
 
 import numpy as np
 import pytest
+
+from gpnas.objectives.definitions import OBJECTIVES
 from gpnas.results.pareto import (
-    OBJECTIVE_DIRECTIONS,
     hypervolume,
     hypervolume_history,
     knee_point,
@@ -157,7 +158,7 @@ def test_knee_single_point_and_empty() -> None:
 
 def test_reference_point_rules() -> None:
     names = ["ap", "gflops", "latency_ms"]
-    directions = [OBJECTIVE_DIRECTIONS[n] for n in names]
+    directions = [OBJECTIVES[n].direction for n in names]
     values = np.array([[0.3, 10.0, 4.0], [0.5, 20.0, 8.0], [np.nan, 100.0, 100.0]])
     assert reference_point(values, directions, names) == pytest.approx([0.0, 22.0, 8.8])
     bounded = reference_point(values, directions, names, {"max_gflops": 30.0, "max_latency_ms": None})

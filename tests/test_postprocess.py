@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from gpnas.trainers import postprocess
 from gpnas.trainers.postprocess import box_iou, nms, nms_torch, non_max_suppression, xywh2xyxy
 

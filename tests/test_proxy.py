@@ -1,19 +1,24 @@
-"""ProxyTrainer: it learns, it stops on NaN, it respects every budget, and its callbacks see what they should."""
+"""ProxyTrainer: it learns, it stops on NaN, it respects every budget, its callbacks see what they should, and
+evaluation and EMA are callbacks."""
 
 from __future__ import annotations
 
+import ast
 import math
 from pathlib import Path
 
 import pytest
 import torch
+
+from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator, ValEvaluation, inference_on_dataset, val_evaluation
 from gpnas.search_space.builder import build_detector
 from gpnas.search_space.errors import ConfigError, TrainingDiverged
 from gpnas.search_space.presets import ANCHORS_DIGITS, get_preset
 from gpnas.trainers.callbacks import Callback, EarlyStopping
 from gpnas.trainers.data import build_digits_dataset
 from gpnas.trainers.datasets import ProxyData
-from gpnas.trainers.proxy import FitResult, ModelEMA, ProxyTrainer, TrainBudget, TrainConfig
+from gpnas.trainers.ema import EMA, ModelEMA
+from gpnas.trainers.proxy import PROXY_STEPS, TRIAL_MAX_SECONDS, FitResult, ProxyTrainer, TrainBudget, TrainConfig
 
 IMG = 64  # the 160-px digits letterboxed down: a step takes ~20 ms, so every test here is a few seconds
 
@@ -95,8 +100,8 @@ def test_step_budget(data: ProxyData) -> None:
 
 
 def test_epoch_budget_and_callbacks_see_ap(data: ProxyData) -> None:
-    rec = Recorder()
-    result = ProxyTrainer(TrainConfig(batch_size=8), [rec]).fit(_model(), data, TrainBudget(epochs=2))
+    rec, config = Recorder(), TrainConfig(batch_size=8)
+    result = ProxyTrainer(config, [rec, val_evaluation(data, config)]).fit(_model(), data, TrainBudget(epochs=2))
     assert (result.steps, result.epochs) == (8, 2)
     assert rec.calls == ["fit_start", "epoch_end", "epoch_end", "fit_end"]
     assert [m["epoch"] for m in rec.metrics] == [1.0, 2.0]
@@ -150,7 +155,7 @@ def test_ema_update_moves_towards_the_model() -> None:
 
 
 def test_config_errors() -> None:
-    with pytest.raises(ConfigError, match="at least one"):
+    with pytest.raises(ConfigError, match=r"at least one of train\.steps, train\.epochs or train\.seconds"):
         TrainBudget()
     with pytest.raises(ConfigError, match="optimizer"):
         TrainConfig(optimizer="lion")  # type: ignore[arg-type]
@@ -165,7 +170,8 @@ def test_batch_larger_than_train_set_is_a_config_error(data: ProxyData, tmp_path
 
 def _weights_after(data: ProxyData, steps: int) -> tuple[float, dict[str, torch.Tensor]]:
     torch.manual_seed(123)  # whatever the process did before, the fit's seed decides the batches
-    result = ProxyTrainer(TrainConfig(batch_size=8, threads=1, seed=5)).fit(_model(), data, TrainBudget(steps=steps))
+    config = TrainConfig(batch_size=8, threads=1, seed=5)
+    result = ProxyTrainer(config, [val_evaluation(data, config)]).fit(_model(), data, TrainBudget(steps=steps))
     assert result.model is not None
     return result.ap, {k: v.clone() for k, v in result.model.state_dict().items()}
 
@@ -189,8 +195,8 @@ def test_work_budget_is_bit_identical_on_a_quiet_and_a_loaded_machine(data: Prox
 
 
 def test_wall_clock_cap_stops_the_run_and_says_so(data: ProxyData) -> None:
-    rec = Recorder()
-    result = ProxyTrainer(TrainConfig(batch_size=8), [rec]).fit(
+    rec, config = Recorder(), TrainConfig(batch_size=8)
+    result = ProxyTrainer(config, [rec, val_evaluation(data, config)]).fit(
         _model(), data, TrainBudget(steps=100_000, max_seconds=1.0))
     assert result.timed_out and 1 <= result.steps < 100_000
     assert rec.metrics and result.ap == rec.metrics[-1]["ap"]  # the partial AP was evaluated
@@ -199,3 +205,106 @@ def test_wall_clock_cap_stops_the_run_and_says_so(data: ProxyData) -> None:
 def test_max_seconds_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="max_seconds"):
         TrainBudget(steps=3, max_seconds=0)
+
+
+# ------------------------------------------------------------------ evaluation and EMA as callbacks
+def test_without_an_evaluation_callback_no_ap_is_recorded(data: ProxyData) -> None:
+    rec = Recorder()
+    result = ProxyTrainer(TrainConfig(batch_size=8), [rec]).fit(_model(), data, TrainBudget(epochs=2))
+    assert result.ap == 0.0 and result.ap50 == 0.0
+    assert [set(m) for m in rec.metrics] == [{"epoch", "step", "train_seconds"}] * 2
+    assert result.history == rec.metrics
+
+
+def test_recorded_ap_is_inference_on_dataset_of_the_returned_model(data: ProxyData) -> None:
+    config = TrainConfig(batch_size=8)
+    result = ProxyTrainer(config, [val_evaluation(data, config)]).fit(_model(), data, TrainBudget(steps=6))
+    assert result.model is not None
+    evaluator = CocoEvaluator(data.val.coco, category_ids=data.val.category_ids)
+    direct = inference_on_dataset(result.model, data.val_loader(), evaluator)
+    assert direct == {k: result.metrics[k] for k in METRIC_KEYS}
+
+
+def test_ema_callback_is_first_and_its_average_is_the_returned_model(data: ProxyData) -> None:
+    rec = Recorder()
+    model = _model()
+    trainer = ProxyTrainer(TrainConfig(batch_size=8, ema_decay=0.9, ema_tau=1.0), [rec])
+    assert isinstance(trainer.callbacks[0], EMA) and trainer.callbacks[1] is rec
+    result = trainer.fit(model, data, TrainBudget(steps=3))
+    ema = trainer.callbacks[0].model_ema
+    assert ema is not None and ema.updates == 3
+    assert result.model is ema.ema is trainer.eval_model and trainer.model is model
+    assert not torch.equal(next(result.model.parameters()), next(model.parameters()))
+
+
+def test_ema_off_returns_the_trained_model_and_a_given_ema_is_not_doubled(data: ProxyData) -> None:
+    model = _model()
+    result = ProxyTrainer(TrainConfig(batch_size=8, ema=False)).fit(model, data, TrainBudget(steps=2))
+    assert result.model is model
+    mine = EMA(decay=0.5)
+    trainer = ProxyTrainer(TrainConfig(batch_size=8), [mine])
+    assert trainer.callbacks == [mine]
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
+        EMA(decay=1.0)
+
+
+def test_early_stopping_needs_its_metric(data: ProxyData) -> None:
+    with pytest.raises(ConfigError, match=r"metric='ap'.*val_evaluation"):
+        ProxyTrainer(TrainConfig(batch_size=16), [EarlyStopping()]).fit(_model(), data, TrainBudget(epochs=1))
+
+
+def test_val_evaluation_takes_the_config_thresholds(data: ProxyData) -> None:
+    evaluation = val_evaluation(data, TrainConfig(conf_thres=0.25, iou_thres=0.5, max_det=7))
+    assert isinstance(evaluation, ValEvaluation) and evaluation.val is data.val
+    assert (evaluation.conf_thres, evaluation.iou_thres, evaluation.max_det) == (0.25, 0.5, 7)
+    assert evaluation.evaluator.max_dets == 7
+
+
+# ------------------------------------------------------------------ TrainConfig as the search's train section
+def test_train_config_budget_defaults() -> None:
+    default = TrainConfig()
+    assert (default.steps, default.epochs, default.seconds) == (PROXY_STEPS, None, None)
+    assert default.max_seconds == TRIAL_MAX_SECONDS
+    assert default.budget == TrainBudget(steps=PROXY_STEPS, max_seconds=TRIAL_MAX_SECONDS)
+    assert default.budget_label() == f"{PROXY_STEPS} steps"
+    epochs_only = TrainConfig(epochs=2)
+    assert (epochs_only.steps, epochs_only.epochs) == (None, 2)
+    assert TrainConfig(seconds=30, steps=50).budget_label() == "50 steps or 30 seconds"
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"lr": 0}, "train.lr"),
+    ({"batch_size": 0}, "train.batch_size"),
+    ({"steps": 0}, "train.steps"),
+    ({"max_seconds": -1.0}, "train.max_seconds"),
+    ({"ema_tau": 0}, "train.ema_tau"),
+])
+def test_config_messages_name_the_search_config_key(kwargs: dict[str, float], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        TrainConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_pydantic_validates_train_config_and_refuses_unknown_keys() -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter = TypeAdapter(TrainConfig)
+    config = adapter.validate_python({"lr": 0.01, "epochs": 3, "hyp": {"cls": 2}})
+    assert (config.lr, config.epochs, config.steps, config.hyp.cls) == (0.01, 3, None, 2.0)
+    assert adapter.validate_python({}).steps == PROXY_STEPS  # __post_init__ ran
+    for bad, key in (({"lrr": 0.01}, "lrr"), ({"hyp": {"clss": 2}}, "hyp.clss")):
+        with pytest.raises(ValidationError) as err:
+            adapter.validate_python(bad)
+        assert [".".join(map(str, e["loc"])) for e in err.value.errors()] == [key]
+    with pytest.raises(ValidationError, match=r"train\.hyp\.cls must be a finite gain"):
+        adapter.validate_python({"hyp": {"cls": -1}})
+
+
+def test_trainers_never_import_objectives() -> None:
+    """Imports flow search_space -> trainers -> objectives: no module of trainers/ imports gpnas.objectives."""
+    offenders = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "trainers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("gpnas.objectives")]
+    assert offenders == []

@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from gpnas.experiments.evaluate import TrialResult
-from gpnas.experiments.study import TrialRecord
+from PIL import Image
+
+from gpnas.results.records import TrialRecord, TrialResult
 from gpnas.results.report import (
     correlations_csv,
     correlations_markdown,
@@ -19,7 +20,6 @@ from gpnas.results.report import (
     write_pareto_png,
     write_report,
 )
-from PIL import Image
 
 OBJ3 = ["ap", "gflops", "latency_ms"]
 DIR3 = ["maximize", "minimize", "minimize"]

@@ -71,7 +71,7 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
     assert sum(trials[s] for s in ("complete", "pruned", "infeasible", "failed")) == 4
     assert trials["running"] == 0 and trials["interrupted"] == 0
 
-    from gpnas.experiments.study import load_study, records
+    from gpnas.results.study import load_study, records
 
     recs = records(load_study(folder, "four"))
     for rec in recs:
@@ -104,6 +104,7 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
 
 def _check_export(tmp_path: Path, folder: Path, row: dict) -> None:
     import torch
+
     from gpnas.objectives.complexity import measure_complexity
     from gpnas.search_space.builder import build_detector
     from gpnas.search_space.spec import load_spec
@@ -155,7 +156,7 @@ def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> N
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     folder = tmp_path / "runs" / "killed"
-    from gpnas.experiments.study import finished, load_study, records
+    from gpnas.results.study import finished, load_study, records
 
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -242,7 +243,7 @@ def _experiment_id(uri: str, name: str) -> str:
 def test_same_config_twice_gives_the_same_candidates_aps_and_front(tmp_path: Path) -> None:
     """Work budgets + seeded weights + proposals in rounds (sampler.reproducible): TPE proper (after 2 startup
     trials) proposes the same candidates in both runs, whichever trial of a round finished first."""
-    from gpnas.experiments.study import load_study, records
+    from gpnas.results.study import load_study, records
 
     runs = []
     for name in ("first", "second"):
@@ -255,3 +256,29 @@ def test_same_config_twice_gives_the_same_candidates_aps_and_front(tmp_path: Pat
     (first, front1), (second, front2) = runs
     assert len(first) == 4 and first == second, (first, second)
     assert front1 == front2
+
+
+def test_a_bug_in_gpnas_inside_a_trial_stops_the_search_once(tmp_path: Path) -> None:
+    """A bug (here a ZeroDivisionError injected into the size stage of every process through sitecustomize) is not
+    a failed candidate: the search stops after the first trial with exit 1 and one report, not N failed trials."""
+    from gpnas.results.study import load_study, records
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import gpnas.experiments.stages as stages\n"
+        "def _broken(*args, **kwargs):\n"
+        "    raise ZeroDivisionError('injected bug')\n"
+        "stages.measure_size = _broken\n")
+    path = _config(tmp_path, "buggy", 4, budget={"num_trials": 4, "max_concurrent": 1, "cpu": 1},
+                   space={"base": "yolor-csp-nano", "genes": {"block": {"choices": ["residual", "csp"]}}})
+    env = {**_env(tmp_path), "PYTHONPATH": str(inject)}
+    out = subprocess.run([*GPNAS, "search", "--config", str(path), "--no-mlflow"], capture_output=True, text=True,
+                         env=env, timeout=400, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stderr.count("gpnas bug") == 1 and "injected bug" in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr.split("gpnas bug")[0]  # the report is the only thing printed
+    recs = records(load_study(tmp_path / "runs" / "buggy", "buggy"))
+    ended = [r for r in recs if r.state not in ("running", "waiting")]
+    assert len(ended) == 1 and ended[0].state == "failed", [(r.number, r.state) for r in recs]
+    assert "internal error" in (ended[0].reason or "") and "ZeroDivisionError" in (ended[0].reason or "")

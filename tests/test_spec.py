@@ -5,11 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gpnas.search_space.errors import SpecError
 from gpnas.search_space.presets import PRESETS, get_preset
 from gpnas.search_space.spec import ArchSpec, load_spec
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def test_defaults_validate_and_have_stable_id() -> None:
@@ -128,6 +129,7 @@ gene_values = st.fixed_dictionaries(
 @given(genes=gene_values)
 def test_random_valid_genes_build_and_run(genes: dict) -> None:
     import torch
+
     from gpnas.search_space.builder import build_detector
 
     spec = ArchSpec.from_dict({**genes, "img_size": 64})

@@ -13,10 +13,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from gpnas.search_space.errors import DataError
 from numpy.typing import ArrayLike, NDArray
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
+
+from gpnas.search_space.errors import DataError
 
 __all__ = ["DEFAULT_ANCHORS_V3", "DEFAULT_ANCHORS_YOLOR", "anchor_fitness", "fit_anchors"]
 

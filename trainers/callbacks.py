@@ -1,11 +1,20 @@
-"""Callback hooks of the proxy trainer: every hook is a no-op unless a subclass overrides it (STYLE.md 7)."""
+"""Callback hooks of the proxy trainer: every hook is a no-op unless a subclass overrides it (STYLE.md 7).
+
+At an evaluation point the trainer pauses its training clock and calls ``on_evaluate`` on every callback (the
+evaluations fill the metrics in), then ``on_epoch_end`` on every callback (the reporters read them): a reporter
+sees the AP whatever its place in the list.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
+from gpnas.search_space.errors import ConfigError
+
 if TYPE_CHECKING:
+    from torch import nn
+
     from gpnas.trainers.proxy import FitResult, ProxyTrainer
 
 
@@ -18,22 +27,35 @@ class Callback:
     def on_step_end(self, trainer: ProxyTrainer, losses: dict[str, float]) -> None:
         """After each optimiser step; ``losses`` holds per-image box, obj, cls, total."""
 
+    def on_evaluate(self, trainer: ProxyTrainer, model: nn.Module, metrics: dict[str, float]) -> None:
+        """At each evaluation point, with the model to score (``trainer.eval_model``: the EMA copy when EMA is
+        on) and the metrics so far (epoch, step, train_seconds); an evaluation adds its figures in place."""
+
     def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
-        """After each evaluated epoch: ap, ap50, ap75, …, epoch, step."""
+        """After each evaluation point, with the complete metrics: epoch, step, train_seconds and what the
+        evaluations added (ap, ap50, ap75, … with a ``ValEvaluation``)."""
 
     def on_fit_end(self, trainer: ProxyTrainer, result: FitResult) -> None:
         """After training, with the final result."""
 
 
 class EarlyStopping(Callback):
-    """Stop when ``metric`` has not improved for ``patience`` evaluations."""
+    """Stop when ``metric`` has not improved for ``patience`` evaluations.
+
+    The metric must come from an evaluation callback (``ap`` needs a ``ValEvaluation``); a missing one is a
+    ConfigError rather than a silent stop after ``patience`` evaluations.
+    """
 
     def __init__(self, metric: str = "ap", patience: int = 3) -> None:
         self.metric, self.patience = metric, patience
         self.best, self.bad = float("-inf"), 0
 
     def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.metric, float("-inf"))
+        if self.metric not in metrics:
+            raise ConfigError(f"EarlyStopping(metric={self.metric!r}): the evaluation gave only {sorted(metrics)}; "
+                              "add the evaluation that computes it to the callbacks (for ap: "
+                              "gpnas.objectives.accuracy.val_evaluation(data, config))")
+        value = metrics[self.metric]
         if value > self.best:
             self.best, self.bad = value, 0
         else:

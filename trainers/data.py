@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from gpnas.objectives.accuracy import quiet_coco, read_coco_json, validate_coco_dict
-from gpnas.search_space.errors import DataError
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from gpnas.search_space.errors import DataError
+from gpnas.trainers.coco_files import quiet_coco, read_coco_json, validate_coco_dict
 
 PAD_VALUE = 114
 BOX_TOLERANCE_PX = 1.0

@@ -1,5 +1,8 @@
-"""ProxyData: the train/val pair a proxy training uses, with the val evaluator (the bundled digits set or any
-COCO-format dataset)."""
+"""ProxyData: the train/val pair a proxy training uses (the bundled digits set or any COCO-format dataset).
+
+Scoring the val split is not done here: ``gpnas.objectives.accuracy.ValEvaluation`` is the trainer callback that
+runs the val images through a model into a COCO evaluator.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gpnas.objectives.accuracy import CocoEvaluator
+
 from gpnas.trainers.data import CocoDetection, build_digits_dataset, make_loader
-from gpnas.trainers.postprocess import non_max_suppression
-from torch import nn
 
 
 @dataclass
 class ProxyData:
-    """Train and val datasets at one square size, and a COCO evaluator over the val ground truth."""
+    """Train and val datasets at one square size; the val split uses the train split's category ids."""
 
     train: CocoDetection
     val: CocoDetection
@@ -51,30 +52,11 @@ class ProxyData:
     def train_loader(self, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
         return make_loader(self.train, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True)
 
+    def val_loader(self, *, batch_size: int = 64) -> torch.utils.data.DataLoader:
+        """The val split in file order (no shuffling, every image, the last batch possibly short)."""
+        return make_loader(self.val, batch_size=batch_size, shuffle=False, seed=0)
+
     def box_sizes(self) -> np.ndarray:
         """Training box (w, h) in pixels of the letterboxed images: ndarray[N, 2] (for anchor fitting)."""
         rows = [labels[:, 3:5] for labels in self.train.labels]  # from the annotations: no image is decoded
         return np.concatenate(rows) * self.img_size if rows else np.zeros((0, 2))
-
-    @torch.no_grad()
-    def evaluate(
-        self, model: nn.Module, *, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 100,
-        device: torch.device | str = "cpu", batch_size: int = 64,
-    ) -> dict[str, float]:
-        """COCO box AP of ``model`` on the val split (letterbox -> decode -> NMS -> original pixels)."""
-        was_training = model.training
-        model.eval()
-        evaluator = CocoEvaluator(self.val.coco, max_dets=max_det, category_ids=self.val.category_ids)
-        loader = make_loader(self.val, batch_size=batch_size, shuffle=False, seed=0)
-        for imgs, _, metas in loader:
-            out = model(imgs.to(device))
-            preds = model.decode(out)  # type: ignore[operator]
-            dets = non_max_suppression(preds, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
-            batch = []
-            for det, meta in zip(dets, metas, strict=True):
-                det = det.cpu()
-                det[:, :4] = meta.to_original(det[:, :4])
-                batch.append((meta.image_id, det))
-            evaluator.process(batch)
-        model.train(was_training)
-        return evaluator.evaluate()

@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-from gpnas.search_space.errors import ConfigError, DataError
 from torch import Tensor
 from torch.nn import functional as F
+
+from gpnas.search_space.errors import ConfigError, DataError
 
 __all__ = ["LevelTargets", "LossHyp", "YoloLoss", "bbox_ciou", "build_targets"]
 
@@ -29,11 +31,14 @@ _CELL_SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
 
 @dataclass(frozen=True)
 class LossHyp:
-    """Loss gains before the train.py rescaling (``hyp.scratch-low`` values by default).
+    """Loss gains before YOLOv5's training-script rescaling (``hyp.scratch-low`` values by default); ``train.hyp`` in a
+    search config (unknown keys are refused when pydantic validates it; messages name ``train.hyp.<key>``).
 
     ``balance`` weighs the objectness loss of each level, P3 first; it needs one entry per detection level.
     ``gr`` mixes the objectness target between 1 (gr=0) and the positive's detached CIoU (gr=1).
     """
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # a plain dict: no pydantic import here
 
     box: float = 0.05
     cls: float = 0.5
@@ -47,24 +52,24 @@ class LossHyp:
         for name in ("box", "cls", "obj"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"LossHyp.{name} must be a finite gain >= 0, got {value!r}")
+                raise ConfigError(f"train.hyp.{name} must be a finite gain >= 0, got {value!r}; "
+                                  "0 switches that loss term off")
         if not self.anchor_t > 1.0:
-            raise ConfigError(
-                f"LossHyp.anchor_t must be > 1 (a max(r, 1/r) ratio bound), got {self.anchor_t!r}"
-            )
+            raise ConfigError(f"train.hyp.anchor_t must be > 1 (a max(r, 1/r) bound on the box/anchor size "
+                              f"ratio), got {self.anchor_t!r}; YOLOv5 uses 4.0")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"LossHyp.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+            raise ConfigError(f"train.hyp.label_smoothing must be in [0, 1), got {self.label_smoothing!r}; "
+                              "0 is no smoothing")
         if not 0.0 <= self.gr <= 1.0:
-            raise ConfigError(f"LossHyp.gr must be in [0, 1], got {self.gr!r}")
+            raise ConfigError(f"train.hyp.gr must be in [0, 1], got {self.gr!r}")
         balance = tuple(float(b) for b in self.balance)
         if not balance or any(not (math.isfinite(b) and b > 0) for b in balance):
-            raise ConfigError(
-                f"LossHyp.balance must be positive weights, one per level, got {self.balance!r}"
-            )
+            raise ConfigError(f"train.hyp.balance must be positive weights, one per detection level (P3 first), "
+                              f"got {self.balance!r}; e.g. [4.0, 1.0, 0.4] for three levels")
         object.__setattr__(self, "balance", balance)
 
     def gains(self, *, num_levels: int, num_classes: int, img_size: int) -> tuple[float, float, float]:
-        """(box, obj, cls) gains after the train.py rescaling: ×3/nl, ×(img/640)²·3/nl, ×nc/80·3/nl."""
+        """(box, obj, cls) gains after YOLOv5's training-script rescaling: ×3/nl, ×(img/640)²·3/nl, ×nc/80·3/nl."""
         level_scale = 3.0 / num_levels
         return (
             self.box * level_scale,
@@ -237,7 +242,7 @@ class YoloLoss:
             raise ConfigError(f"anchors and strides must be positive, got strides {strides}")
         if len(hyp.balance) != len(strides):
             raise ConfigError(
-                f"LossHyp.balance has {len(hyp.balance)} weights but the detector has {len(strides)} levels; "
+                f"train.hyp.balance has {len(hyp.balance)} weights but the detector has {len(strides)} levels; "
                 f"give one weight per level, P3 first"
             )
         self.num_classes = num_classes

@@ -1,7 +1,10 @@
 """Budgeted proxy training of one candidate, to COCO AP (STYLE.md 7).
 
 One explicit loop with budget knobs (epochs, steps, seconds; a wall-clock cap as a safety) and no-op callback
-hooks; reporting and early stopping are callbacks. A NaN or inf loss raises TrainingDiverged naming the step.
+hooks; evaluation, EMA, reporting and early stopping are callbacks. The loop decides *when* an evaluation point
+happens; what is measured there is up to the callbacks' ``on_evaluate`` (COCO AP needs
+``gpnas.objectives.accuracy.val_evaluation(data, config)`` among them: without it no AP is recorded and
+``FitResult.ap`` is 0.0). A NaN or inf loss raises TrainingDiverged naming the step.
 
 What is deterministic: on CPU, the same model initialisation, ``seed``, thread count and step/epoch budget give
 bit-identical weights and AP whatever else runs on the machine (the batches follow ``seed``, the val order is
@@ -14,20 +17,27 @@ not for the best final AP. See :data:`PROXY_HYP` and :class:`TrainConfig` for th
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
+from torch import nn
+
 from gpnas.search_space.errors import ConfigError, TrainingDiverged
 from gpnas.trainers.callbacks import Callback
 from gpnas.trainers.datasets import ProxyData
+from gpnas.trainers.ema import EMA
 from gpnas.trainers.loss import LossHyp, YoloLoss
-from torch import nn
+
+#: The default proxy budget, in optimiser steps (a work budget: the same AP on a quiet or a loaded machine), for
+#: searches and `gpnas train`; benchmarks/proxy_fidelity.py measures how far its ranking agrees with longer training.
+PROXY_STEPS = 300
+#: The default wall-clock cap of one trial's training (a safety: a trial past it is recorded as ``timeout``).
+TRIAL_MAX_SECONDS = 1800.0
 
 #: Loss gains for short proxy runs. YOLOv5's rescaling (cls × nc/80, obj × (img/640)²) keeps per-logit gradients
 #: equal to a 640-px, 80-class run, but with AdamW only the *balance* between the terms reaches the shared
@@ -56,16 +66,32 @@ class TrainBudget:
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
-            raise ConfigError("train budget: set at least one of epochs, steps or seconds")
-        for name in ("epochs", "steps", "seconds", "max_seconds"):
-            value = getattr(self, name)
+            raise ConfigError("no training budget: set at least one of train.steps, train.epochs or train.seconds")
+        # The keys are spelled out, not built from the field name, so a test can check each names a real field.
+        for key in ("train.epochs", "train.steps", "train.seconds", "train.max_seconds"):
+            value = getattr(self, key.removeprefix("train."))
             if value is not None and value <= 0:
-                raise ConfigError(f"train budget: {name} must be positive, got {value}")
+                raise ConfigError(f"{key} must be positive, got {value}; give a positive number, or null to leave "
+                                  "this limit out")
+
+
+def budget_label(*, steps: float | None = None, epochs: float | None = None, seconds: float | None = None,
+                 **_: Any) -> str:
+    """A training budget in words: ``300 steps``, ``2 epochs or 60 seconds``."""
+    parts = [f"{v:g} {k}" for k, v in (("steps", steps), ("epochs", epochs), ("seconds", seconds)) if v is not None]
+    return " or ".join(parts)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser, schedule and evaluation settings of proxy training.
+    """Budget, optimiser, schedule and evaluation settings of proxy training: the ``train`` section of a search
+    config (unknown keys are refused when pydantic validates it; messages name the keys as ``train.<key>``).
+
+    Budget: ``steps``, ``epochs``, ``seconds``, whichever comes first (see :class:`TrainBudget`, which
+    :attr:`budget` returns); with none of the three the budget is :data:`PROXY_STEPS` steps, so giving only
+    ``epochs`` or ``seconds`` replaces the default step budget rather than adding to it. ``max_seconds`` is the
+    wall-clock cap (default :data:`TRIAL_MAX_SECONDS`; ``None``: no cap). ``dataclasses.replace`` keeps the
+    other budget fields: ``replace(cfg, epochs=3)`` still holds ``steps``, so clear it there if meant.
 
     The LR follows a linear warm-up over ``warmup_fraction`` of the planned steps, then a cosine down to
     ``final_lr_fraction`` × ``lr``; for a pure time budget the plan is re-estimated from the measured step
@@ -80,8 +106,17 @@ class TrainConfig:
     single runs: at 90 s the seed alone moves AP50 by up to ~0.1, so smaller differences above are not resolved.
     lr 0.002 with 15 % warm-up was worse on all three seeds of yolor-csp-nano (AP50 0.33/0.39/0.22 vs 0.47 for
     seed 0 at the defaults). Per-step time is the model's (the loss is ~3 % and the cached loader ~1 %).
+
+    ``conf_thres``, ``iou_thres`` and ``max_det`` are read by ``gpnas.objectives.accuracy.val_evaluation``;
+    ``ema`` makes :class:`ProxyTrainer` add the :class:`~gpnas.trainers.ema.EMA` callback.
     """
 
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # a plain dict: no pydantic import here
+
+    epochs: int | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    max_seconds: float | None = TRIAL_MAX_SECONDS
     batch_size: int = 16
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 0.004
@@ -104,15 +139,30 @@ class TrainConfig:
     hyp: LossHyp = PROXY_HYP
 
     def __post_init__(self) -> None:
+        if self.epochs is None and self.steps is None and self.seconds is None:
+            object.__setattr__(self, "steps", PROXY_STEPS)  # frozen: the default budget is filled in once
+        self.budget  # noqa: B018 -- TrainBudget checks that each limit is positive
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"train.optimizer {self.optimizer!r}: choose 'sgd' or 'adamw'")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"train: batch_size ({self.batch_size}) and lr ({self.lr}) must be positive")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1 (images per step), got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr} (the default is 0.004)")
         if self.eval_every < 1:
             raise ConfigError(f"train.eval_every must be >= 1 (epochs), got {self.eval_every}")
-        if not 0.0 <= self.ema_decay < 1.0 or self.ema_tau <= 0:
-            raise ConfigError(f"train: ema_decay must be in [0, 1) and ema_tau > 0, got {self.ema_decay}, "
-                              f"{self.ema_tau}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay} (the default is 0.999)")
+        if not self.ema_tau > 0:
+            raise ConfigError(f"train.ema_tau must be > 0 (updates), got {self.ema_tau} (the default is 200)")
+
+    @property
+    def budget(self) -> TrainBudget:
+        """The four budget fields as a :class:`TrainBudget`."""
+        return TrainBudget(epochs=self.epochs, steps=self.steps, seconds=self.seconds, max_seconds=self.max_seconds)
+
+    def budget_label(self) -> str:
+        """The budget in words: ``300 steps``, ``2 epochs or 60 seconds``."""
+        return budget_label(steps=self.steps, epochs=self.epochs, seconds=self.seconds)
 
 
 @dataclass
@@ -139,33 +189,6 @@ class FitResult:
         data = asdict(self)
         data.pop("model")
         return data
-
-
-class ModelEMA:
-    """Exponential moving average of the weights and float buffers; decay ramps as d·(1 − exp(−n/tau)).
-
-    The tensor lists are collected once, so an update is two fused foreach calls, not a state_dict walk.
-    """
-
-    def __init__(self, model: nn.Module, decay: float, tau: float = 200.0) -> None:
-        self.ema = copy.deepcopy(model).eval()
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
-        self.decay, self.tau = decay, tau
-        self.updates = 0
-        src, dst = model.state_dict(), self.ema.state_dict()
-        floats = [k for k, v in dst.items() if v.dtype.is_floating_point]
-        others = [k for k, v in dst.items() if not v.dtype.is_floating_point]
-        self._src_f, self._dst_f = [src[k] for k in floats], [dst[k] for k in floats]
-        self._src_o, self._dst_o = [src[k] for k in others], [dst[k] for k in others]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        d = self.decay * (1 - math.exp(-self.updates / self.tau))
-        torch._foreach_lerp_(self._dst_f, self._src_f, 1.0 - d)
-        for dst, src in zip(self._dst_o, self._src_o, strict=True):
-            dst.copy_(src)
 
 
 class _Stopwatch:
@@ -198,15 +221,28 @@ def _lr_factor(step: int, total: int, warmup: int, final: float) -> float:
 
 
 class ProxyTrainer:
-    """``ProxyTrainer(config, callbacks).fit(model, data, budget) -> FitResult``."""
+    """``ProxyTrainer(config, callbacks).fit(model, data, budget=None) -> FitResult``.
+
+    Callbacks run in list order; with ``config.ema`` an :class:`~gpnas.trainers.ema.EMA` callback goes first
+    (unless the list holds one), so the average follows each optimiser step before other callbacks see it.
+    During a fit ``model`` is trained, ``eval_model`` is evaluated and returned as ``FitResult.model`` (``model``
+    unless a callback such as EMA sets another), on ``device``. AP needs an evaluation callback,
+    ``gpnas.objectives.accuracy.val_evaluation(data, config)``: without one ``FitResult.ap`` is 0.0.
+    """
 
     def __init__(self, config: TrainConfig | None = None, callbacks: Sequence[Callback] = ()) -> None:
         self.config = config or TrainConfig()
         self.callbacks = list(callbacks)
+        if self.config.ema and not any(isinstance(cb, EMA) for cb in self.callbacks):
+            self.callbacks.insert(0, EMA(self.config.ema_decay, self.config.ema_tau))
+        self.model: nn.Module | None = None
+        self.eval_model: nn.Module | None = None
+        self.device = torch.device(self.config.device)
         self.should_stop = False
         self.step = 0
         self.epoch = 0
         self._clock = _Stopwatch()
+        self._history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ hooks
     def _emit(self, hook: str, *args: Any) -> None:
@@ -234,45 +270,36 @@ class ProxyTrainer:
         return min(candidates) if candidates else 0
 
     # ------------------------------------------------------------------ loop
-    def fit(self, model: nn.Module, data: ProxyData, budget: TrainBudget) -> FitResult:
+    def fit(self, model: nn.Module, data: ProxyData, budget: TrainBudget | None = None) -> FitResult:
+        """Train ``model`` on ``data.train`` within ``budget`` (default: ``config.budget``)."""
         cfg = self.config
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use --device cpu")
+            raise ConfigError("train.device is 'cuda' but no CUDA device is visible; set train.device to 'cpu' "
+                              "(gpnas train: --device cpu)")
         old_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
+        self.device = device
         try:
-            return self._fit(model.to(device), data, budget, device)
+            return self._fit(model.to(device), data, cfg.budget if budget is None else budget)
         finally:
             torch.set_num_threads(old_threads)
 
-    def _fit(self, model: nn.Module, data: ProxyData, budget: TrainBudget, device: torch.device) -> FitResult:
-        cfg = self.config
+    def _fit(self, model: nn.Module, data: ProxyData, budget: TrainBudget) -> FitResult:
+        cfg, device = self.config, self.device
         loader = data.train_loader(batch_size=cfg.batch_size, seed=cfg.seed)
         if len(loader) == 0:
             raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {len(data.train)} training "
                               "images (incomplete batches are dropped); lower it")
-        loss_fn = YoloLoss(
-            num_classes=data.num_classes,
-            anchors=model.anchors,  # type: ignore[arg-type]
-            strides=model.strides,  # type: ignore[arg-type]
-            img_size=data.img_size,
-            hyp=cfg.hyp,
-        )
+        loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,  # type: ignore[arg-type]
+                           img_size=data.img_size, hyp=cfg.hyp)
         opt = self._optimizer(model)
-        ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
         planned = self._planned_steps(budget, len(loader))
-        history: list[dict[str, float]] = []
-        metrics: dict[str, float] = {}
-        images = 0
-        self.step = self.epoch = 0
-        self.should_stop = False
-        self._clock = clock = _Stopwatch()
-        wall_start = time.perf_counter()
-        timed_out = False
+        self._start(model)
+        images, timed_out, wall_start = 0, False, time.perf_counter()
         self._emit("on_fit_start")
         while not self._exhausted(budget):
             model.train()
@@ -281,8 +308,6 @@ class ProxyTrainer:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 parts = self._train_step(model, loss_fn, opt, scaler, imgs.to(device), targets.to(device))
-                if ema is not None:
-                    ema.update()
                 self.step += 1
                 images += imgs.shape[0]
                 self._emit("on_step_end", parts)
@@ -291,29 +316,46 @@ class ProxyTrainer:
                     break
             self.epoch += 1
             if timed_out or self._exhausted(budget) or self.should_stop or self.epoch % cfg.eval_every == 0:
-                with clock.paused():
-                    metrics = self._evaluate(ema.ema if ema else model, data, device)
-                    history.append(metrics)
-                    self._emit("on_epoch_end", metrics)
+                self._evaluate()
             if self.should_stop or timed_out:
                 break
-        train_time = clock.elapsed()
-        result = FitResult(
+        result = self._result(images, timed_out)
+        self._emit("on_fit_end", result)
+        return result
+
+    def _start(self, model: nn.Module) -> None:
+        self.model = self.eval_model = model
+        self.step = self.epoch = 0
+        self.should_stop = False
+        self._clock = _Stopwatch()
+        self._history = []
+
+    def _evaluate(self) -> None:
+        """One evaluation point, off the training clock: ``on_evaluate`` fills the metrics in (AP with a
+        ValEvaluation), then ``on_epoch_end`` hands every callback the complete dict."""
+        with self._clock.paused():
+            metrics = {"epoch": float(self.epoch), "step": float(self.step), "train_seconds": self._clock.elapsed()}
+            self._emit("on_evaluate", self.eval_model, metrics)
+            self._history.append(metrics)
+            self._emit("on_epoch_end", metrics)
+
+    def _result(self, images: int, timed_out: bool) -> FitResult:
+        train_time = self._clock.elapsed()
+        metrics = self._history[-1] if self._history else {}
+        return FitResult(
             ap=metrics.get("ap", 0.0),
             ap50=metrics.get("ap50", 0.0),
             metrics=metrics,
-            history=history,
+            history=self._history,
             epochs=self.epoch,
             steps=self.step,
             train_seconds=train_time,
             images_per_second=images / train_time if train_time > 0 else 0.0,
             stopped_early=self.should_stop,
-            eval_seconds=clock.paused_seconds,
+            eval_seconds=self._clock.paused_seconds,
             timed_out=timed_out,
-            model=ema.ema if ema else model,
+            model=self.eval_model,
         )
-        self._emit("on_fit_end", result)
-        return result
 
     def _train_step(
         self, model: nn.Module, loss_fn: YoloLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -338,14 +380,6 @@ class ProxyTrainer:
         scaler.step(opt)
         scaler.update()
         return parts
-
-    def _evaluate(self, model: nn.Module, data: ProxyData, device: torch.device) -> dict[str, float]:
-        cfg = self.config
-        trained = self._clock.elapsed()
-        metrics = data.evaluate(model, conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres, max_det=cfg.max_det,
-                                device=device)
-        return {**metrics, "epoch": float(self.epoch), "step": float(self.step),
-                "train_seconds": trained}
 
     def _exhausted(self, budget: TrainBudget) -> bool:
         if budget.steps is not None and self.step >= budget.steps:

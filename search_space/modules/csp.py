@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.search_space.modules.registry import STAGE_BLOCKS, register_example
 from gpnas.search_space.modules.residual import Bottleneck, ResidualBlock
-from torch import nn
 
 if TYPE_CHECKING:
     from gpnas.search_space.spec import ArchSpec

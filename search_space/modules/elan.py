@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.search_space.modules.registry import STAGE_BLOCKS, register_example
-from torch import nn
 
 if TYPE_CHECKING:
     from gpnas.search_space.spec import ArchSpec

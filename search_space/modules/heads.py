@@ -6,9 +6,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+
 from gpnas.search_space.modules.common import ConvUnit, ImplicitA, ImplicitM
 from gpnas.search_space.modules.registry import register_example
-from torch import nn
 
 NUM_MASKS = 32
 PROTO_WIDTH = 256

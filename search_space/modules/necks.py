@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.search_space.modules.csp import CSPB
 from gpnas.search_space.modules.elan import ELAN
 from gpnas.search_space.modules.registry import NECKS, SPP_BLOCKS, register_example
 from gpnas.search_space.modules.residual import Bottleneck
 from gpnas.search_space.modules.spp import MPDown
-from torch import nn
 
 if TYPE_CHECKING:
     from gpnas.search_space.spec import ArchSpec

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.search_space.modules.registry import SPP_BLOCKS, register_example
-from torch import nn
 
 POOL_SIZES = (5, 9, 13)
 

@@ -9,52 +9,31 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpnas.experiments.evaluate import TrialResult
+from gpnas.objectives.definitions import get_objective
+from gpnas.results.folder import SearchFolder
+from gpnas.results.records import COUNTED_STATES, TrialRecord, TrialResult
 
-STUDY_FILE = "study.db"
-COUNTED_STATES = ("complete", "pruned", "infeasible", "failed", "timeout")
-
-
-def storage_url(folder: Path) -> str:
-    return f"sqlite:///{(folder / STUDY_FILE).resolve()}"
+__all__ = ["counts", "finished", "load_study", "mark_interrupted", "open_storage", "records", "tell_result",
+           "trial_record"]
 
 
-def open_storage(folder: Path) -> Any:
+def open_storage(folder: SearchFolder | Path) -> Any:
     import optuna
 
-    folder.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(storage_url(folder), engine_kwargs={"connect_args": {"timeout": 60}})
+    folder = SearchFolder(folder) if isinstance(folder, Path) else folder
+    folder.path.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(folder.study_url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
-def load_study(folder: Path, name: str) -> Any:
+def load_study(folder: SearchFolder | Path, name: str) -> Any:
     """The existing study of a search folder (read-only use)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=name, storage=open_storage(folder))
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One row of the study as gpnas sees it."""
-
-    number: int
-    state: str
-    reason: str | None
-    arch_id: str | None
-    values: tuple[float, ...] | None
-    result: TrialResult | None
-    mlflow_run_id: str | None
-    params: dict[str, Any]
-
-    def metric(self, name: str) -> float:
-        if self.result is None:
-            return math.nan
-        return float(self.result.metrics.get(name, math.nan))
 
 
 def trial_record(trial: Any) -> TrialRecord:
@@ -109,7 +88,7 @@ def tell_result(study: Any, ot_trial: Any, result: TrialResult, objectives: tupl
              "timeout": optuna.trial.TrialState.FAIL}[result.state]
     values = None
     if state == optuna.trial.TrialState.COMPLETE:
-        values = [0.0 if (o == "ap" and result.state == "infeasible") else v
+        values = [_told_value(o, v, result.state)
                   for o, v in zip(objectives, result.objective_values(objectives), strict=True)]
         if any(math.isnan(v) for v in values):
             state, values = optuna.trial.TrialState.FAIL, None
@@ -120,43 +99,39 @@ def tell_result(study: Any, ot_trial: Any, result: TrialResult, objectives: tupl
     study.tell(ot_trial, values, state=state)
 
 
+def _told_value(objective: str, value: float, state: str) -> float:
+    """An infeasible candidate was never trained: its training objectives are told at their natural bound
+    (AP 0), so the sampler learns that the region is poor without a made-up figure."""
+    definition = get_objective(objective)
+    if state == "infeasible" and definition.measured_by == "training" and definition.natural_bound is not None:
+        return definition.natural_bound
+    return value
+
+
 def mark_interrupted(study: Any) -> list[dict[str, Any]]:
     """Trials left RUNNING by a killed driver: mark them FAIL ('interrupted') and return their params so the
     resumed search evaluates them again. WAITING (enqueued) trials stay: the next ``ask`` takes them."""
     import optuna
 
     requeue = []
-    storage = study._storage  # optuna has no public API to end a trial another process asked for
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.params:
             requeue.append(dict(t.params))
-        storage.set_trial_user_attr(t._trial_id, "gpnas_state", "interrupted")
-        storage.set_trial_user_attr(t._trial_id, "reason", "the search driver stopped before this trial ended; "
-                                                            "its candidate was re-queued on resume")
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        _end_foreign_trial(study, t, {"gpnas_state": "interrupted",
+                                      "reason": "the search driver stopped before this trial ended; its candidate "
+                                                "was re-queued on resume"})
     return requeue
 
 
-def open_search(name_or_dir: str | Path, root: str | Path = "runs") -> tuple[Path, Any]:
-    """A search folder (path) or a search name under ``root``; returns (folder, its saved SearchConfig)."""
-    from gpnas.experiments.config import load_config
-    from gpnas.search_space.errors import ConfigError
+def _end_foreign_trial(study: Any, trial: Any, attrs: dict[str, str]) -> None:
+    """Set attributes on, and FAIL, a RUNNING trial that another (dead) process asked for.
 
-    path = Path(name_or_dir)
-    candidates = [path, Path(root) / str(name_or_dir)]
-    for folder in candidates:
-        if (folder / "config.yaml").is_file():
-            return folder.resolve(), load_config(folder / "config.yaml")
-    raise ConfigError(f"no search '{name_or_dir}': neither {candidates[0]} nor {candidates[1]} holds a "
-                      "config.yaml (give the search folder's path, or its name with --root)")
+    Optuna 5.0.0 has no public API for it (``Study.tell`` cannot set user attributes, and a ``Trial`` handle
+    needs the private trial id), so this is the one place that uses ``Study._storage`` and
+    ``FrozenTrial._trial_id`` (checked against optuna 5.0.0)."""
+    import optuna
 
-
-def search_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    """Counts by state, the budget, and the Pareto trial numbers (feasible complete trials only)."""
-    from gpnas.results.front import front_summary
-
-    recs = records(load_study(folder, cfg.name))
-    summary = front_summary(recs, cfg)
-    return {"name": cfg.name, "folder": str(folder), "total": cfg.budget.num_trials, "finished": finished(recs),
-            "trials": counts(recs), "pareto": summary.front, "knee": summary.knee,
-            "hypervolume": summary.hypervolume, "objectives": list(cfg.objectives)}
+    storage, trial_id = study._storage, trial._trial_id
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)

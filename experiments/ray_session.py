@@ -1,0 +1,111 @@
+"""Ray for one search: start a local Ray (or connect to a cluster), remember the local processes so that a
+resume can end what a killed driver left behind, and shut down what this driver started.
+
+The search modules (this one, :mod:`gpnas.experiments.searcher`, :mod:`gpnas.experiments.recorder`,
+:mod:`gpnas.experiments.runner`) are the only ones that import ray, lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gpnas.results.folder import SearchFolder
+from gpnas.search_space.errors import ConfigError
+
+__all__ = ["cleanup_stale_ray", "import_ray", "prepare_ray", "ray_session"]
+
+#: Tune settings a search needs: trials report gpnas' own keys (not every metric on every report), and the
+#: old console output, which the search's own progress line replaces.
+_TUNE_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        from ray import tune  # noqa: F401
+    except ImportError as err:  # pragma: no cover - ray is a dependency
+        raise ConfigError(f"ray[tune] is not importable ({err}); install gradpath-nas with its dependencies") from None
+    return ray
+
+
+def prepare_ray(address: str | None) -> None:
+    """Settings read when ray is imported or a Tuner starts: call it first.
+
+    A cluster started with `ray start` uses token auth (its token in ~/.ray/auth_token); a driver only presents
+    it when RAY_AUTH_MODE=token is set before ray is imported."""
+    for key, value in _TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", message=".*experimental feature.*")  # Tune's notes on its own APIs
+    if not address or "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _local_ray_pids() -> list[int]:
+    """The processes of the local Ray node this driver started.
+
+    Ray 2.60.0 has no public accessor for them: ``ray._private.worker._global_node.all_processes`` is the one
+    private attribute used (checked against ray 2.60.0); without it, nothing is recorded."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    pids = []
+    for infos in getattr(node, "all_processes", {}).values():
+        pids += [info.process.pid for info in infos if getattr(info, "process", None) is not None]
+    return pids
+
+
+def cleanup_stale_ray(folder: SearchFolder) -> list[int]:
+    """End the Ray processes a killed driver of this search left behind (checked by their command line)."""
+    path = folder.ray_pids
+    if not path.is_file():
+        return []
+    info = json.loads(path.read_text())
+    killed = []
+    for pid in [info.get("driver"), *info.get("ray", [])]:
+        if not pid or pid == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ray" in cmdline or "gpnas" in cmdline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    path.unlink(missing_ok=True)
+    return killed
+
+
+@contextmanager
+def ray_session(address: str | None, folder: SearchFolder, num_cpus: int | None = None) -> Iterator[bool]:
+    """Connect to ``address`` or start a local Ray for the block; yields whether this driver started it (and
+    then shuts it down after the block)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield False
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
+                              "logging_level": "ERROR"}
+    if address:
+        ray.init(address=address, **kwargs)
+        yield False
+        return
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)  # never attach to a stale cluster by accident
+    folder.ray_pids.write_text(json.dumps({"driver": os.getpid(), "ray": _local_ray_pids()}))
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+        folder.ray_pids.unlink(missing_ok=True)

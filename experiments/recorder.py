@@ -1,0 +1,164 @@
+"""Driver side of a search: every trial's ending goes to the study, the trial folder and MLflow (in that order:
+the study is the source of truth), with a console line; progress lines while trials run; and the stop of the
+whole search when a trial hit a bug in gpnas.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from gpnas.experiments.config import SearchConfig
+from gpnas.objectives.definitions import constraint_values
+from gpnas.results import study as st
+from gpnas.results.folder import SearchFolder
+from gpnas.results.records import TrialRecord, TrialResult
+from gpnas.search_space.spec import ArchSpec
+
+__all__ = ["Recorder", "progress_callback", "stop_on_internal_error"]
+
+
+class Recorder:
+    """Writes each ending to the study, the trial folder and MLflow; keeps progress figures.
+
+    ``internal_error`` holds the traceback of the first trial that failed by a bug in gpnas (not by its
+    candidate): the search then stops (:func:`stop_on_internal_error`), that trial is recorded as failed with
+    the reason, and trials stopped with it stay unrecorded, so `gpnas resume` runs them again.
+    """
+
+    def __init__(self, cfg: SearchConfig, folder: SearchFolder, tracker: Any | None, console: Any) -> None:
+        self.cfg, self.folder, self.tracker, self.console = cfg, folder, tracker, console
+        self.by_arch: dict[str, TrialResult] = {}
+        self.ended: list[TrialResult] = []
+        self.running: dict[str, float] = {}
+        self.best_ap = float("nan")
+        self.loaded = 0
+        self.internal_error: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # never leaves the driver (holds a console and a tracker)
+        return {}
+
+    def load(self, recs: list[TrialRecord]) -> None:
+        for r in recs:
+            if r.result is not None and r.state in ("complete", "infeasible"):
+                self.by_arch.setdefault(r.result.arch_id, r.result)
+                self.ended.append(r.result)
+        self.loaded = len(self.ended)
+
+    def cached(self, arch_id: str) -> TrialResult | None:
+        return self.by_arch.get(arch_id)
+
+    def progress(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.running[trial_id] = time.time()
+
+    def finish(self, study: Any, ot_trial: Any, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        self.running.pop(trial_id, None)
+        if self.internal_error is not None and not (result or {}).get("gpnas_result"):
+            return  # stopped because another trial hit a bug: left RUNNING, re-queued by `gpnas resume`
+        tr = self._parse(ot_trial, result, error)
+        if (result or {}).get("gpnas_state") == "error" and self.internal_error is None:
+            self.internal_error = f"trial {ot_trial.number} ({tr.arch_id}):\n{result['gpnas_traceback']}"
+        limits = self.cfg.constraints.model_dump()
+        constraints = constraint_values(limits, tr.metrics) if tr.state in ("complete", "infeasible") else {}
+        spec_yaml = ArchSpec(**tr.spec).to_yaml() if tr.spec and "invalid_params" not in tr.spec else None
+        self.folder.write_trial(ot_trial.number, tr, spec_yaml)
+        if self.tracker is not None:  # before tell: the run id can only be stored while the trial is open
+            rec = TrialRecord(number=ot_trial.number, state=tr.state, reason=tr.reason, arch_id=tr.arch_id,
+                              values=None, result=tr, mlflow_run_id=None, params=dict(ot_trial.params))
+            run_id = self.tracker.log_trial_safe(rec)
+            if run_id:
+                ot_trial.set_user_attr("mlflow_run_id", run_id)
+        st.tell_result(study, ot_trial, tr, self.cfg.objectives, constraints)
+        self._remember(tr)
+        self._say(ot_trial.number, tr)
+
+    def _remember(self, tr: TrialResult) -> None:
+        if tr.state in ("complete", "infeasible"):
+            self.by_arch.setdefault(tr.arch_id, tr)
+        self.ended.append(tr)
+        if tr.state == "complete" and "ap" in tr.metrics:
+            ap = tr.metrics["ap"]
+            self.best_ap = ap if self.best_ap != self.best_ap else max(self.best_ap, ap)
+
+    def _parse(self, ot_trial: Any, result: dict[str, Any] | None, error: bool) -> TrialResult:
+        arch_id = ot_trial.user_attrs.get("arch_id", "unknown")
+        if result and result.get("gpnas_result"):
+            tr = TrialResult.from_dict(json.loads(result["gpnas_result"]))
+            if tr.arch_id in ("unknown", "invalid") and arch_id != "unknown":
+                tr.arch_id = arch_id
+            if result.get("gpnas_state") == "reused":
+                tr.reason = f"same arch_id as an earlier trial; its result was reused ({tr.reason or 'ok'})"
+            return tr
+        if error:
+            return TrialResult(arch_id=arch_id, state="failed",
+                               reason="the trial's worker crashed (see the Ray trial folder for error.txt)")
+        partial = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return TrialResult(arch_id=arch_id, state="pruned", metrics=partial,
+                           reason=f"stopped early by ASHA after {partial.get('epoch', 0):.0f} epochs")
+
+    def _say(self, number: int, tr: TrialResult) -> None:
+        m = tr.metrics
+        keys = dict.fromkeys(("ap", "ap50", "gflops", "latency_ms", *self.cfg.objectives))
+        figures = " ".join(f"{k} {m[k]:.4g}" for k in keys if k in m)
+        why = f" — {tr.reason}" if tr.reason and tr.state != "complete" else ""
+        self.console.print(f"  trial {number:3d} [bold]{tr.state}[/] {tr.arch_id} {figures}{why}", highlight=False)
+
+    def front_size(self) -> int:
+        import numpy as np
+
+        from gpnas.results.pareto import pareto_mask
+
+        done = [r for r in self.ended if r.state == "complete"]
+        if not done:
+            return 0
+        values = np.array([r.objective_values(self.cfg.objectives) for r in done], dtype=float)
+        return int(pareto_mask(values, self.cfg.directions()).sum())
+
+
+def stop_on_internal_error(recorder: Recorder) -> Any:
+    """A Tune stopper that ends the whole search once a trial hit a bug in gpnas."""
+    from ray.tune import Stopper
+
+    class StopOnInternalError(Stopper):
+        def __getstate__(self) -> dict[str, Any]:  # Tune may pickle it; the recorder stays in the driver
+            return {}
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return recorder.internal_error is not None
+
+    return StopOnInternalError()
+
+
+def progress_callback(recorder: Recorder, total: int, already: int, start: float) -> Any:
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One status line every few seconds instead of Tune's raw tables."""
+
+        def __init__(self) -> None:
+            self.last = 0.0
+
+        def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks; the recorder stays in the driver
+            return {"last": self.last}
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            now = time.time()
+            if now - self.last < 15:
+                return
+            self.last = now
+            done = already + sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+            running = sum(1 for t in trials if t.status == "RUNNING")
+            elapsed = now - start
+            new = done - already
+            eta = f"{(total - done) * elapsed / new / 60:.1f} min" if new > 0 else "?"
+            recorder.console.print(
+                f"[dim]{time.strftime('%H:%M:%S')}[/] {done}/{total} done · {running} running · best AP "
+                f"{recorder.best_ap:.4f} · Pareto {recorder.front_size()} · {elapsed / 60:.1f} min elapsed · "
+                f"ETA {eta}", highlight=False,
+            )
+
+    return Progress()

@@ -1,0 +1,161 @@
+"""The two halves of a trial in Ray Tune: the searcher in the driver (Optuna proposes, gpnas records) and the
+trainable in a worker (rebuild the candidate, evaluate it, report its result).
+
+A trial ends in one of the declared states (complete, infeasible, failed with a reason, timeout, pruned);
+anything else raised inside the trainable is a bug in gpnas, not a bad candidate: the trainable reports it as
+``gpnas_state = "error"`` with its traceback, and the driver stops the whole search (see
+:class:`gpnas.experiments.recorder.Recorder`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gpnas.experiments.config import SearchConfig
+from gpnas.experiments.evaluate import evaluate_candidate, failure_result
+from gpnas.results.records import TrialResult
+from gpnas.search_space.errors import GpnasError
+from gpnas.search_space.space import SearchSpace
+from gpnas.search_space.spec import ArchSpec
+
+if TYPE_CHECKING:
+    from gpnas.experiments.recorder import Recorder
+
+__all__ = ["make_sampler", "searcher_class", "trainable"]
+
+
+def make_sampler(cfg: SearchConfig) -> Any:
+    import optuna
+
+    s = cfg.sampler
+    if s.type == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True,
+                                          group=True)
+    if s.type == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=s.population_size)
+    if s.type == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+def _candidate(space: SearchSpace, params: dict[str, Any]) -> ArchSpec | TrialResult:
+    """The candidate of a trial's parameters, or the failed result of parameters that make no valid spec."""
+    try:
+        return space.from_params(params)
+    except GpnasError as err:
+        return TrialResult(arch_id="invalid", state="failed", reason=str(err),
+                           spec={"invalid_params": params, "error": str(err)})
+
+
+def _run_trial(config: dict[str, Any], cfg: SearchConfig, base_json: str, weights_dir: str) -> TrialResult:
+    from ray import tune
+
+    space = SearchSpace.from_config(ArchSpec(**json.loads(base_json)),
+                                    {k: v.model_dump() for k, v in cfg.space.genes.items()})
+    spec = _candidate(space, {k: v for k, v in config.items() if not k.startswith("gpnas_")})
+    if isinstance(spec, TrialResult):
+        return spec
+
+    def report(metrics: dict[str, float]) -> None:
+        tune.report({**metrics, "gpnas_state": "running"})
+
+    return evaluate_candidate(spec, cfg, report, weights_dir=Path(weights_dir))
+
+
+def trainable(config: dict[str, Any], cfg_json: str, base_json: str, weights_dir: str) -> None:
+    """Runs in a Ray worker: rebuild the candidate from its parameters, evaluate it, report the result."""
+    from ray import tune
+
+    start = time.perf_counter()
+    reuse = config.get("gpnas_reuse")
+    if reuse:
+        tune.report({**json.loads(reuse)["metrics"], "gpnas_state": "reused", "gpnas_result": reuse})
+        return
+    try:
+        result = _run_trial(config, SearchConfig(**json.loads(cfg_json)), base_json, weights_dir)
+    except Exception as exc:  # not a declared trial failure: a bug in gpnas; the driver stops the search
+        failed = failure_result(None, exc, time.perf_counter() - start)
+        failed.reason = f"internal error (a bug in gpnas, not this candidate): {failed.reason}"
+        tune.report({"gpnas_state": "error", "gpnas_result": failed.to_json(),
+                     "gpnas_traceback": "".join(traceback.format_exception(exc))})
+        return
+    tune.report({**result.metrics, "gpnas_state": result.state, "gpnas_result": result.to_json()})
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+class _StateLivesInTheStudy:
+    """The study database is the searcher's persistent state: Tune's own pickled searcher checkpoints are not
+    used (resume reads the study), and the live searcher holds a database engine and a console."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_gpnas_note": "state lives in the Optuna study"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        return None
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        return None
+
+
+def searcher_class() -> type:
+    """Ray's OptunaSearch, recording gpnas states through a :class:`Recorder` (built lazily: imports ray)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class GpnasOptunaSearch(_StateLivesInTheStudy, OptunaSearch):
+        """OptunaSearch that records gpnas states (pruned, infeasible, failed with reason) and reuses results of
+        an arch_id evaluated before.
+
+        OptunaSearch keeps its asked trials, its study and the trials it has told in private attributes
+        (``_ot_trials``, ``_ot_study``, ``_completed_trials``; checked against ray 2.60.0) and has no public
+        accessor for them: :meth:`_asked`, :meth:`_study` and :meth:`_told` are the only places that read them.
+        """
+
+        def __init__(self, *, recorder: Recorder, space: SearchSpace, **kwargs: Any) -> None:
+            self.recorder = recorder
+            self.gp_space = space
+            super().__init__(space=space.define, **kwargs)
+
+        def _asked(self, trial_id: str) -> Any | None:
+            return self._ot_trials.get(trial_id)
+
+        def _study(self) -> Any:
+            return self._ot_study
+
+        def _told(self) -> set[str]:
+            return self._completed_trials
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            params = super().suggest(trial_id)
+            if not isinstance(params, dict):
+                return params
+            try:
+                arch_id = self.gp_space.from_params(params).arch_id
+            except GpnasError:
+                arch_id = "invalid"
+            ot_trial = self._asked(trial_id)
+            ot_trial.set_user_attr("arch_id", arch_id)
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            cached = self.recorder.cached(arch_id)
+            if cached is not None:
+                params = {**params, "gpnas_reuse": cached.to_json()}
+            return params
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            self.recorder.progress(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            ot_trial = self._asked(trial_id)
+            if trial_id in self._told() or ot_trial is None:
+                return
+            self.recorder.finish(self._study(), ot_trial, trial_id, result, error)
+            self._told().add(trial_id)
+
+    return GpnasOptunaSearch

@@ -1,0 +1,110 @@
+"""The stages of scoring one architecture: build, size, structure, latency, proxy training, measured gradients.
+
+Every trial (:func:`gpnas.experiments.evaluate.evaluate_candidate`), `gpnas train`, `gpnas describe`,
+`gpnas latency` and the benchmarks call these same functions with the same config types, so a figure means the
+same thing wherever it is printed. torch is imported lazily: the driver imports this module without it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from gpnas.search_space.errors import DataError
+from gpnas.search_space.spec import ArchSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from gpnas.experiments.config import DataConfig
+    from gpnas.objectives.latency import LatencyProtocol, LatencyResult
+    from gpnas.trainers.callbacks import Callback
+    from gpnas.trainers.datasets import ProxyData
+    from gpnas.trainers.proxy import FitResult, TrainConfig
+
+__all__ = ["build", "gradient_structure", "load_data", "measure_size", "measured_gradients", "time_latency",
+           "train"]
+
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def load_data(data: DataConfig, img_size: int) -> ProxyData:
+    """The proxy dataset at ``img_size``, cached per process (Ray reuses actors across trials)."""
+    from gpnas.trainers.datasets import ProxyData
+
+    key = json.dumps([data.model_dump(), img_size])
+    if key not in _DATA_CACHE:
+        if data.kind == "digits":
+            loaded = ProxyData.digits(img_size=img_size, seed=data.seed, n_train=data.n_train, n_val=data.n_val)
+        else:
+            loaded = ProxyData.coco(data.train_ann, data.train_images, data.val_ann,  # type: ignore[arg-type]
+                                    data.val_images, img_size=img_size)  # type: ignore[arg-type]
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = loaded
+    return _DATA_CACHE[key]
+
+
+def build(spec: ArchSpec, *, seed: int) -> nn.Module:
+    """The detector of ``spec`` with its initial weights drawn from ``seed`` (part of what a seed reproduces)."""
+    import torch
+
+    from gpnas.search_space.builder import build_detector
+
+    torch.manual_seed(seed)
+    return build_detector(spec)
+
+
+def measure_size(spec: ArchSpec, model: nn.Module | None = None, *, img: int | None = None) -> dict[str, float]:
+    """params, params_m, params_fused, gflops (at ``img``, default the spec's) and gflops_640 (paper units)."""
+    from gpnas.objectives.complexity import measure_complexity
+
+    size = measure_complexity(spec, img=img, model=model)  # type: ignore[arg-type]
+    return {"params": float(size.params), "params_m": size.params / 1e6, "params_fused": float(size.params_fused),
+            "gflops": size.gflops, "gflops_640": size.gflops_640}
+
+
+def gradient_structure(model: nn.Module, *, input_size: int = 64) -> tuple[dict[str, float], list[dict[str, Any]],
+                                                                            float]:
+    """Structural gradient-path metrics: (gp_* aggregates, per-layer table, seconds taken)."""
+    from gpnas.objectives.gradient_path import analyze
+
+    report = analyze(model, input_shape=(1, 3, input_size, input_size))
+    return dict(report.aggregates), report.table(), report.seconds
+
+
+def time_latency(model: nn.Module, protocol: LatencyProtocol) -> LatencyResult:
+    """Latency of the fused model under ``protocol`` (serialised per machine on CPU)."""
+    from gpnas.objectives.latency import measure_latency
+
+    return measure_latency(model, protocol)
+
+
+def train(model: nn.Module, data: ProxyData, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Proxy-train ``model`` under ``config`` (its budget included), scoring val AP at every evaluation point."""
+    from gpnas.objectives.accuracy import val_evaluation
+    from gpnas.trainers.proxy import ProxyTrainer
+
+    num_classes = getattr(model, "num_classes", data.num_classes)
+    if data.num_classes != num_classes:
+        raise DataError(f"the dataset has {data.num_classes} classes but the spec builds {num_classes}; "
+                        "set num_classes in space.genes (fixed) or use a matching dataset")
+    return ProxyTrainer(config, [val_evaluation(data, config), *callbacks]).fit(model, data)
+
+
+def measured_gradients(model: nn.Module, data: ProxyData) -> dict[str, float]:
+    """Gradient statistics of a trained model on one val batch of 8 images: the gp_* measured aggregates."""
+    import copy
+
+    from gpnas.objectives.gradient_path import gradient_aggregates, measure_gradients
+    from gpnas.trainers.data import make_loader
+    from gpnas.trainers.loss import YoloLoss
+
+    model = copy.deepcopy(model)  # the EMA copy has frozen parameters
+    for p in model.parameters():
+        p.requires_grad_(True)
+    images, targets, _ = next(iter(make_loader(data.val, batch_size=8, shuffle=False, seed=0)))
+    loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,
+                       img_size=data.img_size)
+    measured = measure_gradients(model, images, loss_fn=lambda out: loss_fn(out[:3], targets)[0])
+    return gradient_aggregates(measured)
