@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments.config import SearchConfig
 from gpnas.objectives.definitions import constraint_values
@@ -15,6 +15,11 @@ from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import TrialRecord, TrialResult
 from gpnas.search_space.spec import ArchSpec
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gpnas.results.tracking import MlflowTracker
 
 __all__ = ["Recorder", "progress_callback", "stop_on_internal_error"]
 
@@ -27,7 +32,8 @@ class Recorder:
     the reason, and trials stopped with it stay unrecorded, so `gpnas resume` runs them again.
     """
 
-    def __init__(self, cfg: SearchConfig, folder: SearchFolder, tracker: Any | None, console: Any) -> None:
+    def __init__(self, cfg: SearchConfig, folder: SearchFolder, tracker: MlflowTracker | None,
+                 console: Console) -> None:
         self.cfg, self.folder, self.tracker, self.console = cfg, folder, tracker, console
         self.by_arch: dict[str, TrialResult] = {}
         self.ended: list[TrialResult] = []

@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments.config import SearchConfig, save_config
 from gpnas.experiments.ray_session import cleanup_stale_ray, prepare_ray, ray_session
@@ -27,6 +27,11 @@ from gpnas.search_space.errors import ConfigError, SearchAborted
 from gpnas.search_space.presets import PRESETS
 from gpnas.search_space.space import SearchSpace
 from gpnas.search_space.spec import ArchSpec
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gpnas.results.tracking import MlflowTracker
 
 __all__ = ["SearchOutcome", "base_spec", "build_space", "run_search"]
 
@@ -139,7 +144,8 @@ def _tuner(cfg: SearchConfig, folder: SearchFolder, space: SearchSpace, recorder
     )
 
 
-def _finish(cfg: SearchConfig, tracker: Any, recorder: Recorder, study: Any, seconds: float) -> SearchOutcome:
+def _finish(cfg: SearchConfig, tracker: MlflowTracker | None, recorder: Recorder, study: Any,
+            seconds: float) -> SearchOutcome:
     recs = st.records(study)
     if tracker is not None:
         tracker.finish_search(cfg.info())
@@ -151,7 +157,8 @@ def _finish(cfg: SearchConfig, tracker: Any, recorder: Recorder, study: Any, sec
     return SearchOutcome(cfg.search_dir(), st.counts(recs), len(new), seconds, evaluate_seconds)
 
 
-def run_search(cfg: SearchConfig, *, resume: bool = False, console: Any = None, tracker: Any = None) -> SearchOutcome:
+def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | None = None,
+               tracker: MlflowTracker | None = None) -> SearchOutcome:
     """Run (or resume) a search to its full budget. The folder is ``cfg.search_dir()``."""
     from rich.console import Console
 

@@ -13,7 +13,10 @@ from gpnas.results.front import front_summary
 from gpnas.search_space.errors import ConfigError
 
 if TYPE_CHECKING:  # the runner imports ray lazily; load it only when a search runs
+    from rich.console import Console
+
     from gpnas.experiments.runner import SearchOutcome
+    from gpnas.results.tracking import MlflowTracker
 
 __all__ = ["open_search", "resume_search", "run_demo", "search_status", "start_search"]
 
@@ -38,7 +41,7 @@ def search_status(folder: SearchFolder, cfg: SearchConfig) -> dict[str, Any]:
             "hypervolume": summary.hypervolume, "objectives": list(cfg.objectives)}
 
 
-def make_tracker(cfg: SearchConfig, enabled: bool) -> Any:
+def make_tracker(cfg: SearchConfig, enabled: bool) -> MlflowTracker | None:
     """The MLflow tracker (checked reachable before any training), or None when disabled."""
     if not enabled:
         return None
@@ -47,7 +50,7 @@ def make_tracker(cfg: SearchConfig, enabled: bool) -> Any:
     return MlflowTracker.connect(cfg.info())
 
 
-def start_search(cfg: SearchConfig, *, console: Any, mlflow: bool = True, resume: bool = False) -> SearchOutcome:
+def start_search(cfg: SearchConfig, *, console: Console, mlflow: bool = True, resume: bool = False) -> SearchOutcome:
     from gpnas.experiments.runner import run_search
 
     tracker = make_tracker(cfg, mlflow)
@@ -56,7 +59,7 @@ def start_search(cfg: SearchConfig, *, console: Any, mlflow: bool = True, resume
     return outcome
 
 
-def resume_search(search: str, *, root: str = "runs", address: str | None = None, console: Any,
+def resume_search(search: str, *, root: str = "runs", address: str | None = None, console: Console,
                   mlflow: bool = True) -> SearchOutcome:
     folder, cfg = open_search(search, root)
     overrides = [f"storage.root={folder.path.parent}"]
@@ -66,13 +69,13 @@ def resume_search(search: str, *, root: str = "runs", address: str | None = None
     return start_search(cfg, console=console, mlflow=mlflow, resume=True)
 
 
-def run_demo(*, root: str = "runs", console: Any) -> SearchOutcome:
+def run_demo(*, root: str = "runs", console: Console) -> SearchOutcome:
     cfg = load_config("demo", [f"storage.root={root}"])
     exists = cfg.folder().study_db.is_file()
     return start_search(cfg, console=console, resume=exists)
 
 
-def summarise(outcome: SearchOutcome, cfg: SearchConfig, console: Any, tracker: Any) -> None:
+def summarise(outcome: SearchOutcome, cfg: SearchConfig, console: Console, tracker: Any) -> None:
     """The closing lines: counts, the Pareto front, and where to look."""
     from rich.table import Table
 
