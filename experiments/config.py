@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator, model_validator
 
+from gpnas.experiments.config_file import MAX_CONFIG_BYTES, apply_override, read_config_file, resolve_config_path
 from gpnas.objectives.definitions import OBJECTIVES, Direction, directions
 from gpnas.objectives.latency import LatencyProtocol
 from gpnas.results.folder import SearchFolder
@@ -21,11 +23,11 @@ from gpnas.results.records import SearchInfo
 from gpnas.search_space.errors import ConfigError
 from gpnas.trainers.proxy import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainConfig, budget_label
 
-__all__ = ["CONFIG_SCHEMA_VERSION", "DIGITS_N_TRAIN", "DIGITS_N_VAL", "PROXY_STEPS", "TRIAL_MAX_SECONDS",
-           "DataConfig", "SearchConfig", "budget_label", "load_config", "save_config"]
+__all__ = ["CONFIG_SCHEMA_VERSION", "DIGITS_N_TRAIN", "DIGITS_N_VAL", "MAX_CONFIG_BYTES", "PROXY_STEPS",
+           "TRIAL_MAX_SECONDS", "DataConfig", "SearchConfig", "apply_override", "budget_label", "load_config",
+           "resolve_config_path", "save_config"]
 
 CONFIG_SCHEMA_VERSION = 1
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 #: The bundled digits set's size.
 DIGITS_N_TRAIN, DIGITS_N_VAL = 2000, 300
 
@@ -82,6 +84,20 @@ class SamplerConfig(_Section):
     n_startup_trials: int = 6
     reproducible: bool = True
 
+    @field_validator("population_size")
+    @classmethod
+    def _population(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("sampler.population_size must be at least 2 (NSGA-II breeds pairs of parents)")
+        return v
+
+    @field_validator("n_startup_trials")
+    @classmethod
+    def _startup(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("sampler.n_startup_trials must be 0 or more (random trials before the model is used)")
+        return v
+
 
 class BudgetConfig(_Section):
     num_trials: int = 12
@@ -96,6 +112,16 @@ class BudgetConfig(_Section):
             raise ValueError(f"{info.field_name} must be at least 1")
         return v
 
+    @field_validator("cpu", "gpu")
+    @classmethod
+    def _resources(cls, v: float, info: Any) -> float:
+        key = f"budget.{info.field_name}"
+        if info.field_name == "cpu" and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{key} must be a positive number of CPUs per trial (e.g. 1 or 0.5)")
+        if info.field_name == "gpu" and not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{key} must be 0 (no GPU) or a positive share of a GPU per trial (e.g. 1 or 0.5)")
+        return v
+
 
 class DataConfig(_Section):
     kind: Literal["digits", "coco"] = "digits"
@@ -106,6 +132,20 @@ class DataConfig(_Section):
     train_images: str | None = None
     val_ann: str | None = None
     val_images: str | None = None
+
+    @field_validator("n_train", "n_val")
+    @classmethod
+    def _count(cls, v: int, info: Any) -> int:
+        if v < 1:
+            raise ValueError(f"data.{info.field_name} must be at least 1 (images in the split)")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("data.seed must be 0 or more")
+        return v
 
     @model_validator(mode="after")
     def _coco_paths(self) -> DataConfig:
@@ -151,10 +191,36 @@ class EarlyStoppingConfig(_Section):
     grace_period: int = 1
     reduction_factor: int = 2
 
+    @field_validator("grace_period")
+    @classmethod
+    def _grace(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("early_stopping.grace_period must be at least 1 (evaluations before a trial may be "
+                             "stopped)")
+        return v
+
+    @field_validator("reduction_factor")
+    @classmethod
+    def _reduction(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("early_stopping.reduction_factor must be at least 2 (ASHA keeps 1 in this many "
+                             "trials at each rung)")
+        return v
+
 
 class StorageConfig(_Section):
     root: str = "runs"
     tracking_uri: str | None = None
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("storage.root must name a folder (the default is 'runs')")
+        if Path(v).is_file():
+            raise ValueError(f"storage.root {v!r} is a file, not a folder; point it at a folder (it is created if "
+                             "missing) or move the file")
+        return v
 
 
 class GradientPathConfig(_Section):
@@ -230,6 +296,45 @@ class SearchConfig(_Section):
                           constraints=self.constraints.model_dump(), settings=self.model_dump(mode="json"),
                           tracking_uri=self.storage.tracking_uri)
 
+    def check_for_run(self) -> None:
+        """Everything a search needs from this machine and from its trials, checked when a search starts (not
+        when a config is read: ``gpnas status``/``export`` read saved configs on machines without the data or
+        the GPU, and ``gpnas fidelity`` trains without Ray's GPU shares): the devices agree with
+        ``budget.gpu`` (:meth:`check_devices`) and the data paths exist (:meth:`check_paths`)."""
+        self.check_devices()
+        self.check_paths()
+
+    def check_devices(self) -> None:
+        """A CUDA ``train.device`` or ``latency.device`` needs ``budget.gpu > 0`` (Ray hides the GPUs from a trial
+        without a GPU share, so it would fail or wait for a card it never gets); ``budget.gpu > 0`` needs one of
+        them on CUDA (otherwise each trial holds a card it does not use)."""
+        on_cuda = [f"{key} is {device!r}" for key, device, used in (
+            ("train.device", self.train.device, True), ("latency.device", self.latency.device, self.latency.enabled))
+            if used and device.startswith("cuda")]
+        if on_cuda and self.budget.gpu == 0:
+            raise ConfigError(f"{' and '.join(on_cuda)} but budget.gpu is 0, so a trial would get no GPU; set "
+                              "budget.gpu (e.g. budget.gpu=1 for one card per trial) or use device cpu")
+        if not on_cuda and self.budget.gpu > 0:
+            raise ConfigError(f"budget.gpu is {self.budget.gpu:g} but train.device is {self.train.device!r} (and no "
+                              "CUDA latency.device), so each trial would hold a GPU it does not use; set "
+                              "train.device=cuda, or budget.gpu=0")
+
+    def check_paths(self) -> None:
+        """The data files and folders a run reads exist (their content is checked when the data is loaded)."""
+        if self.data.kind != "coco":
+            return
+        problems = []
+        for key in ("train_ann", "train_images", "val_ann", "val_images"):
+            path = Path(getattr(self.data, key)).expanduser()
+            is_ann = key.endswith("_ann")
+            kind = "a COCO annotation file" if is_ann else "a folder of images"
+            if not path.exists():
+                problems.append(f"data.{key} = {str(path)!r} does not exist (it should be {kind})")
+            elif path.is_file() != is_ann:
+                problems.append(f"data.{key} = {str(path)!r} is a {'folder' if is_ann else 'file'}, not {kind}")
+        if problems:
+            raise ConfigError("; ".join(problems) + "; fix the paths in the config's data section")
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -266,6 +371,8 @@ def _section_at(loc: tuple[Any, ...]) -> type | None:
 
 
 def format_config_error(err: ValidationError, source: str) -> str:
+    """One line per problem, naming ``source`` and the dotted key. A rule over a whole section (a dataclass's
+    ``__post_init__``, a model validator) names its keys in its message, so the section's dict is not repeated."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
@@ -273,40 +380,14 @@ def format_config_error(err: ValidationError, source: str) -> str:
             section = _section_at(e["loc"])
             hint = _suggest(str(e["loc"][-1]), section) if section else ""
             lines.append(f"{source}: unknown key '{loc}'; {hint}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if isinstance(e.get("input"), dict):
+            where = "" if not loc or msg.startswith(f"{loc}.") else f"{loc}: "
+            lines.append(f"{source}: {where}{msg}")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {loc or '(config)'} = {e.get('input')!r} is invalid: {msg}")
     return "\n".join(lines)
-
-
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """``a.b.c=value``: the value is parsed as a YAML scalar/list (``3``, ``true``, ``[1, 2]``, ``null``)."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r}: write it as key.sub=value (e.g. train.seconds=30)")
-    key, raw = override.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    node = data
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: '{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a packaged config (``demo``, ``paper-ablation``, ``coco-gpu``)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    packaged = PACKAGED_CONFIGS / f"{name_or_path}.yaml"
-    if packaged.is_file():
-        return packaged
-    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
-    raise ConfigError(f"{name_or_path}: no such config file, and not a packaged config ({', '.join(names)})")
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
@@ -316,15 +397,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     if source is not None:
         path = resolve_config_path(source)
         label = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a search config must be a YAML mapping")
-        data = loaded or {}
+        data = read_config_file(path)
     for override in overrides:
         apply_override(data, override)
     try:

@@ -6,6 +6,8 @@ probed with a dummy forward pass (STYLE.md 4).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -19,6 +21,10 @@ from gpnas.search_space.modules.spp import MPDown
 from gpnas.search_space.spec import ArchSpec
 
 STRIDES = (8, 16, 32)
+#: The most parameters a spec may build to. 500 M fp32 parameters are 2 GB of weights and about 8 GB with their
+#: gradients and AdamW state, before activations; the paper's largest detectors have under 100 M. A spec above it
+#: (e.g. a large width_multiple on a paper-scale preset) is refused before anything is allocated.
+MAX_PARAMS = 500_000_000
 
 
 def _scaled(width: int, spec: ArchSpec) -> int:
@@ -146,16 +152,43 @@ class Detector(nn.Module):
 
 
 def build_detector(spec: ArchSpec, *, num_classes: int | None = None) -> Detector:
-    """Build the detector a spec describes. ``num_classes`` defaults to ``spec.num_classes``."""
+    """Build the detector a spec describes. ``num_classes`` defaults to ``spec.num_classes``.
+
+    SpecError if the spec cannot be built, or if it would have more than :data:`MAX_PARAMS` parameters (counted
+    first without allocating, see :func:`planned_params`)."""
     nc = spec.num_classes if num_classes is None else num_classes
     if nc < 1:
         raise SpecError(f"num_classes must be at least 1; got {nc}")
     if nc != spec.num_classes:
         spec = spec.replace(num_classes=nc)
     try:
+        check_size(spec)
         return Detector(spec, num_classes=nc)
+    except SpecError:
+        raise
     except ValueError as err:
         raise SpecError(f"spec {spec.arch_id} ({spec.name or 'unnamed'}) cannot be built: {err}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def planned_params(spec: ArchSpec) -> int:
+    """The parameter count of ``build_detector(spec)``, from a build on the ``meta`` device: every shape is
+    real, no memory is allocated and no weight is initialised with data (tens of ms for a paper-scale spec)."""
+    with torch.device("meta"):
+        return count_params(Detector(spec, num_classes=spec.num_classes))
+
+
+def check_size(spec: ArchSpec) -> int:
+    """-> the planned parameter count; SpecError naming the spec's scaling if it exceeds :data:`MAX_PARAMS`."""
+    params = planned_params(spec)
+    if params > MAX_PARAMS:
+        raise SpecError(
+            f"spec {spec.arch_id} ({spec.name or 'unnamed'}) would have {params:,} parameters "
+            f"({params / 1e6:,.0f} M), over the limit of {MAX_PARAMS / 1e6:,.0f} M (MAX_PARAMS): width_multiple "
+            f"{spec.width_multiple:g}, depth_multiple {spec.depth_multiple:g}, widths {list(spec.widths)}, head_widths "
+            f"{list(spec.head_widths)}, num_classes {spec.num_classes}; lower width_multiple (or the widths)"
+        )
+    return params
 
 
 def count_params(model: nn.Module) -> int:

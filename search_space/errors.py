@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 class GpnasError(Exception):
-    """Base of gpnas' own errors: the CLI prints these as one paragraph, without a traceback."""
+    """Base of gpnas' own errors: the CLI prints these as one paragraph, without a traceback, and exits with
+    ``exit_code`` (2: the input or the situation needs a fix)."""
+
+    exit_code = 2
 
 
 class SpecError(GpnasError, ValueError):
@@ -43,3 +46,15 @@ class SearchAborted(RuntimeError):
     """A trial hit a bug in gpnas (not a failure of its candidate): the search stops, with the trial's traceback.
 
     Deliberately not a :class:`GpnasError`: it is not the user's input to fix, and the CLI reports it as a bug."""
+
+
+class SearchInterrupted(GpnasError):
+    """The search was stopped (Ctrl-C) before its budget was spent; its running trials were re-queued."""
+
+    exit_code = 130
+
+
+class SearchFailed(GpnasError):
+    """The search spent its budget but no trial completed (every one failed, timed out or was infeasible)."""
+
+    exit_code = 3

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,15 @@ from gpnas.search_space.errors import SpecError
 
 SCHEMA_VERSION = 1
 NUM_STAGES = 4
+#: Upper bounds that keep a spec's arithmetic and build time sane (the paper's depth genes are at most 8, its
+#: widths at most 1280 channels, its inputs at most 1280 px; COCO has 80 classes). Whether a spec is too large to
+#: build is decided by its parameter count, which the builder checks against ``builder.MAX_PARAMS``.
+MAX_DEPTH_GENE = 64
+MAX_DEPTH_MULTIPLE = 4.0
+MAX_WIDTH = 16384
+MAX_WIDTH_MULTIPLE = 64.0
+MAX_IMG_SIZE = 4096
+MAX_NUM_CLASSES = 100_000
 
 Block = Literal["residual", "csp", "elan"]
 Fusion = Literal["both", "first", "last", "none"]
@@ -148,20 +158,36 @@ class ArchSpec(BaseModel):
         for n in value:
             if n < 1:
                 raise ValueError(f"{info.field_name} must be at least 1 in every stage; got {list(value)}")
+            if n > MAX_DEPTH_GENE:
+                raise ValueError(f"{info.field_name} must be at most {MAX_DEPTH_GENE} in every stage (scale depth "
+                                 f"with depth_multiple); got {list(value)}")
         return value
 
-    @field_validator("neck_repeats", "neck_stacks", "neck_blocks", "num_classes")
+    @field_validator("neck_repeats", "neck_stacks", "neck_blocks")
     @classmethod
-    def _positive(cls, value: int, info: Any) -> int:
+    def _depth(cls, value: int, info: Any) -> int:
         if value < 1:
             raise ValueError(f"{info.field_name} must be at least 1; got {value}")
+        if value > MAX_DEPTH_GENE:
+            raise ValueError(f"{info.field_name} must be at most {MAX_DEPTH_GENE} (scale depth with depth_multiple); "
+                             f"got {value}")
+        return value
+
+    @field_validator("num_classes")
+    @classmethod
+    def _classes(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"num_classes must be at least 1; got {value}")
+        if value > MAX_NUM_CLASSES:
+            raise ValueError(f"num_classes must be at most {MAX_NUM_CLASSES:,}; got {value}")
         return value
 
     @field_validator("width_multiple", "depth_multiple")
     @classmethod
     def _multiple(cls, value: float, info: Any) -> float:
-        if not 0.0 < value <= 4.0:
-            raise ValueError(f"{info.field_name} must lie in (0, 4]; got {value}")
+        top = MAX_WIDTH_MULTIPLE if info.field_name == "width_multiple" else MAX_DEPTH_MULTIPLE
+        if not 0.0 < value <= top:
+            raise ValueError(f"{info.field_name} must lie in (0, {top:g}]; got {value}")
         return value
 
     @field_validator("img_size")
@@ -169,6 +195,9 @@ class ArchSpec(BaseModel):
     def _img(cls, value: int) -> int:
         if value < 32 or value % 32:
             raise ValueError(f"img_size must be a positive multiple of 32 (the largest stride); got {value}")
+        if value > MAX_IMG_SIZE:
+            raise ValueError(f"img_size must be at most {MAX_IMG_SIZE} pixels (the paper trains at 640 to 1280); "
+                             f"got {value}")
         return value
 
     @field_validator("widths", "head_widths")
@@ -176,6 +205,9 @@ class ArchSpec(BaseModel):
     def _widths(cls, value: tuple[int, ...], info: Any) -> tuple[int, ...]:
         if any(w < 1 for w in value):
             raise ValueError(f"{info.field_name} must all be positive; got {list(value)}")
+        if any(w > MAX_WIDTH for w in value):
+            raise ValueError(f"{info.field_name} must all be at most {MAX_WIDTH} channels (scale them with "
+                             f"width_multiple); got {list(value)}")
         return value
 
     @field_validator("anchors")
@@ -183,8 +215,8 @@ class ArchSpec(BaseModel):
     def _anchors(cls, value: tuple[tuple[tuple[float, float], ...], ...]) -> Any:
         if len(value) != 3 or any(len(level) != len(value[0]) or not level for level in value):
             raise ValueError("anchors must be 3 levels (P3, P4, P5) with the same number of (w, h) pairs each")
-        if any(w <= 0 or h <= 0 for level in value for w, h in level):
-            raise ValueError("anchor widths and heights must be positive pixels")
+        if not all(0 < w < math.inf and 0 < h < math.inf for level in value for w, h in level):
+            raise ValueError("anchor widths and heights must be positive, finite pixels")
         return value
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from gpnas.search_space.errors import DataError
-from gpnas.trainers.coco_files import quiet_coco, read_coco_json, validate_coco_dict
+from gpnas.trainers.coco_files import quiet_coco, read_coco_json, read_image_rgb, validate_coco_dict
 
 PAD_VALUE = 114
 BOX_TOLERANCE_PX = 1.0
@@ -76,7 +76,8 @@ class CocoDetection(Dataset):
     (class_index, cx, cy, w, h) in [0, 1] of the letterboxed image, meta: ImageMeta)``.
     Crowd annotations are left out of labels; zero-area boxes are skipped with one warning; boxes more than
     1 px outside their image raise DataError, those within 1 px are clipped. All image files are checked to
-    exist at construction. ``augment=True`` flips horizontally with p=0.5 (torch's global RNG; DataLoader
+    exist at construction and decoded at first read (a file that is not an image raises DataError naming it
+    and its image id). ``augment=True`` flips horizontally with p=0.5 (torch's global RNG; DataLoader
     workers are seeded from the loader's generator). Decoded letterboxed images are kept in memory
     (``cache_images``) when they all fit in ``CACHE_LIMIT_BYTES``.
     """
@@ -175,12 +176,8 @@ class CocoDetection(Dataset):
         if cached is not None:
             return cached
         info = self._images[i]
-        path = self.images_dir / info["file_name"]
-        with Image.open(path) as img:
-            if img.size != (info["width"], info["height"]):
-                raise DataError(f"{path} is {img.size[0]}x{img.size[1]} but {self.ann_file} says "
-                                f"{info['width']}x{info['height']} for image id {info['id']}; fix the file")
-            rgb = img.convert("RGB")
+        rgb = read_image_rgb(self.images_dir / info["file_name"], image_id=info["id"], width=info["width"],
+                             height=info["height"], source=self.ann_file)
         _, new_w, new_h, pad_x, pad_y = letterbox_geometry(info["height"], info["width"], self.img_size)
         if (new_w, new_h) != rgb.size:
             rgb = rgb.resize((new_w, new_h), Image.BILINEAR)

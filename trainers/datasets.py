@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpnas.search_space.errors import DataError
 from gpnas.trainers.data import CocoDetection, build_digits_dataset, make_loader
+
+
+def _require_annotations(dataset: CocoDetection, split: str, why: str) -> None:
+    if not dataset.coco.dataset["annotations"]:
+        raise DataError(f"{dataset.ann_file}: the {split} split has no annotations ('annotations' is empty), so "
+                        f"{why}; pass a COCO instances file with at least one box")
 
 
 @dataclass
@@ -44,9 +51,12 @@ class ProxyData:
         cls, train_ann: Path | str, train_images: Path | str, val_ann: Path | str, val_images: Path | str, *,
         img_size: int, augment: bool = True, name: str | None = None,
     ) -> ProxyData:
-        """Any COCO-format pair (COCO 2017 included); val uses the train split's category ids."""
+        """Any COCO-format pair (COCO 2017 included); val uses the train split's category ids. DataError if
+        either split has no annotations (nothing to learn from, or AP undefined), naming its file."""
         train = CocoDetection(train_images, train_ann, img_size=img_size, augment=augment)
+        _require_annotations(train, "train", "there is nothing to learn from")
         val = CocoDetection(val_images, val_ann, img_size=img_size, augment=False, category_ids=train.category_ids)
+        _require_annotations(val, "val", "AP is undefined")
         return cls(train=train, val=val, img_size=img_size, name=name or Path(train_ann).stem)
 
     def train_loader(self, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:

@@ -18,6 +18,7 @@ not for the best final AP. See :data:`PROXY_HYP` and :class:`TrainConfig` for th
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,14 @@ from gpnas.trainers.callbacks import Callback
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.ema import EMA
 from gpnas.trainers.loss import LossHyp, YoloLoss
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 #: The default proxy budget, in optimiser steps (a work budget: the same AP on a quiet or a loaded machine), for
 #: searches and `gpnas train`; benchmarks/proxy_fidelity.py measures how far its ranking agrees with longer training.
@@ -70,9 +79,9 @@ class TrainBudget:
         # The keys are spelled out, not built from the field name, so a test can check each names a real field.
         for key in ("train.epochs", "train.steps", "train.seconds", "train.max_seconds"):
             value = getattr(self, key.removeprefix("train."))
-            if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}; give a positive number, or null to leave "
-                                  "this limit out")
+            if value is not None and not (_is_number(value) and value > 0):
+                raise ConfigError(f"{key} must be positive, got {value!r}; give a positive number, or null to "
+                                  "leave this limit out")
 
 
 def budget_label(*, steps: float | None = None, epochs: float | None = None, seconds: float | None = None,
@@ -144,16 +153,40 @@ class TrainConfig:
         self.budget  # noqa: B018 -- TrainBudget checks that each limit is positive
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"train.optimizer {self.optimizer!r}: choose 'sgd' or 'adamw'")
-        if self.batch_size < 1:
-            raise ConfigError(f"train.batch_size must be >= 1 (images per step), got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr} (the default is 0.004)")
-        if self.eval_every < 1:
-            raise ConfigError(f"train.eval_every must be >= 1 (epochs), got {self.eval_every}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay} (the default is 0.999)")
-        if not self.ema_tau > 0:
-            raise ConfigError(f"train.ema_tau must be > 0 (updates), got {self.ema_tau} (the default is 200)")
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"train.device must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got "
+                              f"{self.device!r}")
+        for key, ok, rule in self._rules():
+            if not ok:
+                default = TrainConfig.__dataclass_fields__[key].default
+                raise ConfigError(f"train.{key} must be {rule}, got {getattr(self, key)!r} (the default is "
+                                  f"{default!r})")
+
+    def _rules(self) -> Iterator[tuple[str, bool, str]]:
+        """(key, value is allowed, the rule in words) for every number of the section, in field order."""
+        num = _is_number
+
+        def whole(v: Any, low: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        yield "batch_size", whole(self.batch_size, 1), ">= 1 (images per step)"
+        yield "lr", num(self.lr) and self.lr > 0, "positive"
+        yield "momentum", num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1) (SGD momentum, AdamW beta1)"
+        yield "weight_decay", num(self.weight_decay) and self.weight_decay >= 0, ">= 0"
+        yield "warmup_fraction", num(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, \
+            "in [0, 1) (the share of the planned steps spent warming up)"
+        yield "final_lr_fraction", num(self.final_lr_fraction) and 0 <= self.final_lr_fraction <= 1, \
+            "in [0, 1] (the last LR as a share of train.lr)"
+        yield "ema_decay", num(self.ema_decay) and 0 <= self.ema_decay < 1, "in [0, 1)"
+        yield "ema_tau", num(self.ema_tau) and self.ema_tau > 0, "> 0 (updates)"
+        yield "grad_clip", self.grad_clip is None or (num(self.grad_clip) and self.grad_clip > 0), \
+            "a positive gradient norm, or null for no clipping"
+        yield "threads", self.threads is None or whole(self.threads, 1), \
+            "an integer >= 1, or null for the search's budget.cpu (torch's default outside a search)"
+        yield "eval_every", whole(self.eval_every, 1), ">= 1 (epochs)"
+        yield "conf_thres", num(self.conf_thres) and 0 < self.conf_thres <= 1, "in (0, 1] (a score threshold)"
+        yield "iou_thres", num(self.iou_thres) and 0 < self.iou_thres <= 1, "in (0, 1] (the NMS IoU threshold)"
+        yield "max_det", whole(self.max_det, 1), "an integer >= 1 (detections kept per image)"
 
     @property
     def budget(self) -> TrainBudget:
