@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from gpnas.experiments.cli_output import add_row, console, print_describe, print_error, print_fidelity, say, table
+from gpnas.experiments.cli_output import print_json as _print_json
 from gpnas.search_space.errors import GpnasError, SearchAborted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-path NAS for real-time detectors.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 @app.command()
@@ -31,10 +24,10 @@ def presets(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON l
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "family", "description", title="gpnas presets")
+    tab = table("name", "family", "description", title="gpnas presets")
     for row in rows:
-        table.add_row(row["name"], row["family"], row["description"])
-    console.print(table)
+        add_row(tab, row["name"], row["family"], row["description"])
+    console.print(tab)
 
 
 @app.command()
@@ -65,7 +58,7 @@ def describe(
     if as_json:
         _print_json(info)
         return
-    _print_describe(info)
+    print_describe(info)
 
 
 @app.command()
@@ -100,11 +93,11 @@ def train(
     if as_json:
         _print_json(out)
         return
-    table = Table(show_header=False, title=f"proxy training of {out['name'] or out['arch_id']} on {out['data']}")
+    tab = table(show_header=False, title=f"proxy training of {out['name'] or out['arch_id']} on {out['data']}")
     for key in ("ap", "ap50", "ap75", "train_seconds", "images_per_second", "epochs", "steps", "timed_out"):
         value = out.get(key)
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
+        add_row(tab, key, f"{value:.4f}" if isinstance(value, float) else value)
+    console.print(tab)
 
 
 @app.command()
@@ -155,11 +148,11 @@ def status(
     if as_json:
         _print_json(info)
         return
-    table = Table("state", "trials", title=f"search {info['name']}: {info['finished']}/{info['total']} finished")
+    tab = table("state", "trials", title=f"search {info['name']}: {info['finished']}/{info['total']} finished")
     for state, n in info["trials"].items():
-        table.add_row(state, str(n))
-    console.print(table)
-    console.print(f"Pareto trials: {info['pareto']}")
+        add_row(tab, state, n)
+    console.print(tab)
+    say(f"Pareto trials: {info['pareto']}")
 
 
 @app.command()
@@ -188,12 +181,12 @@ def pareto(
         _print_json(rows)
         return
     cols = ("trial", "arch_id", "ap", "ap50", "gflops", "latency_ms", "run_id")
-    table = Table(*cols, title=f"Pareto front of {cfg.name}")
+    tab = table(*cols, title=f"Pareto front of {cfg.name}")
     for r in rows:
         lat = r["latency_ms"]
-        table.add_row(str(r["trial_id"]), str(r["arch_id"]), f"{r['ap']:.4f}", f"{r['ap50']:.4f}",
-                      f"{r['gflops']:.4f}", "-" if lat is None else f"{lat:.3f}", str(r["run_id"] or "-"))
-    console.print(table)
+        add_row(tab, r["trial_id"], r["arch_id"], f"{r['ap']:.4f}", f"{r['ap50']:.4f}", f"{r['gflops']:.4f}",
+                "-" if lat is None else f"{lat:.3f}", r["run_id"] or "-")
+    console.print(tab)
 
 
 @app.command()
@@ -204,17 +197,21 @@ def export(
     out: Annotated[Path, typer.Option(help="Folder for the spec YAMLs and manifest.json.")] = Path("exported"),
     weights: Annotated[bool, typer.Option("--weights", help="Also copy the proxy-trained weights.")] = False,
     root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    force: Annotated[bool, typer.Option("--force", help="Write into a folder that holds files (overwrites the "
+                                                        "files export writes).")] = False,
 ) -> None:
     """Write the chosen architectures as spec YAMLs (they rebuild the measured models) plus a manifest."""
     from gpnas.experiments.search_api import open_search
+    from gpnas.results.export import check_out
     from gpnas.results.export import export as export_archs
 
+    check_out(out, force=force)  # refuse a bad --out before the search is even read
     _, cfg = open_search(search, root)
-    manifest = export_archs(cfg.info(), pick, out, weights=weights)
+    manifest = export_archs(cfg.info(), pick, out, weights=weights, force=force)
     for entry in manifest["architectures"]:
-        console.print(f"  {out / entry['spec']}  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
-                      f"gflops {entry['gflops']:.4f}")
-    console.print(f"wrote {len(manifest['architectures'])} architectures and {out / 'manifest.json'}")
+        say("  ", out / entry["spec"], f"  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
+            f"gflops {entry['gflops']:.4f}")
+    say(f"wrote {len(manifest['architectures'])} architectures and ", out / "manifest.json")
 
 
 @app.command()
@@ -246,38 +243,12 @@ def fidelity(
     report = run_fidelity(
         search, panel_name=panel, root=root, config=config, overrides=tuple(overrides or ()), factor=factor,
         n_seeds=seeds, n_reference_seeds=reference_seeds, max_candidates=candidates, workers=workers, out=out,
-        mlflow=not no_mlflow, say=(lambda s: None) if as_json else (lambda s: console.print(s, highlight=False)),
+        mlflow=not no_mlflow, say=(lambda s: None) if as_json else say,
     )
     if as_json:
         _print_json(report)
         return
-    _print_fidelity(report)
-
-
-def _print_fidelity(report: dict[str, Any]) -> None:
-    from gpnas.results.fidelity_report import format_value
-
-    seeds = report["proxy_seeds"]
-    table = Table("candidate", "arch_id", *[f"proxy AP s{s}" for s in seeds], "reference AP", "GFLOPs",
-                  title=f"proxy fidelity ({report['settings']['proxy']} vs {report['settings']['reference']})")
-    for e in report["candidates"]:
-        table.add_row(e["label"], e["arch_id"], *[f"{e[f'proxy_ap_s{s}']:.4f}" for s in seeds],
-                      f"{e['reference_ap']:.4f}", f"{e.get('gflops', float('nan')):.4f}")
-    console.print(table)
-    fmt = format_value
-    console.print(f"Spearman ρ {fmt(report['spearman'])} · Kendall τ {fmt(report['kendall'])} · top-"
-                  f"{report['top_k']} overlap {fmt(report['top_k_overlap'])} · seed-to-seed ρ "
-                  f"{fmt(report['seed_spearman'])} · ρ of GFLOPs {fmt(report['baselines'].get('gflops'))}, "
-                  f"params {fmt(report['baselines'].get('params'))}", highlight=False)
-    best_gp = sorted(((k, v) for k, v in report["baselines"].items() if k.startswith("gp_") and v == v),
-                     key=lambda kv: -abs(kv[1]))[:3]
-    if best_gp:
-        console.print("strongest gp_* features: " + ", ".join(f"{k} {v:+.3f}" for k, v in best_gp), highlight=False)
-    if report["incomplete"]:
-        console.print(f"left out (a run failed or timed out): {', '.join(report['incomplete'])}")
-    console.print(f"[bold]verdict:[/] {report['verdict']}", highlight=False)
-    console.print(f"table, JSON and scatter plot in {report['folder']}"
-                  + (f"; MLflow run {report['mlflow_run_id']}" if report.get("mlflow_run_id") else ""))
+    print_fidelity(report)
 
 
 @app.command()
@@ -298,7 +269,7 @@ def sync(
     tracker.start_search(cfg.info())
     logged = tracker.sync(cfg.info())
     tracker.finish_search(cfg.info())
-    console.print(f"logged {logged} missing trial runs; Pareto tags updated. {tracker.how_to_open()}")
+    say(f"logged {logged} missing trial runs; Pareto tags updated. ", tracker.how_to_open())
 
 
 @app.command()
@@ -340,64 +311,48 @@ def latency(
     if as_json:
         _print_json({"arch_id": spec.arch_id, "name": spec.name, **result})
         return
-    table = Table(show_header=False, title=f"latency of {spec.name or spec.arch_id}")
+    tab = table(show_header=False, title=f"latency of {spec.name or spec.arch_id}")
     for key in ("median_ms", "iqr_ms", "cv", "device_name"):
         value = result[key]
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    table.add_row("protocol", json.dumps(result["protocol"]))
-    console.print(table)
+        add_row(tab, key, f"{value:.4f}" if isinstance(value, float) else value)
+    add_row(tab, "protocol", json.dumps(result["protocol"]))
+    console.print(tab)
 
 
-def _print_describe(info: dict[str, Any]) -> None:
-    table = Table(show_header=False, title=f"{info['name'] or 'architecture'} ({info['arch_id']})")
-    for key in ("head", "params", "params_fused", "gflops", "gflops_640", "img", "num_classes"):
-        value = info[key]
-        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
-    console.print(table)
-    gp = info.get("gradient_path")
-    if gp:
-        agg = Table("gradient-path aggregate", "value", title="gradient paths")
-        for key, value in gp.items():
-            if key != "layers":
-                agg.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-        console.print(agg)
-        if "layers" in gp:
-            _print_layers(gp["layers"])
-    if "exported_spec" in info:
-        console.print(f"spec written to {info['exported_spec']}")
-
-
-def _print_layers(rows: list[dict[str, Any]]) -> None:
-    cols = ["name", "sgp", "lgp", "n_src", "n_comb", "n_cls", "npath", "dup", "agg"]
-    table = Table(*cols, title="per-layer gradient paths")
-    for row in rows:
-        table.add_row(*(f"{row.get(c):.3g}" if isinstance(row.get(c), float) else str(row.get(c)) for c in cols))
-    console.print(table)
+def _ended(code: object) -> int:
+    """The exit status of a command that returned ``code`` (typer.Exit's code, or None for success)."""
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def main() -> None:
-    """Console entry point: gpnas' own errors print as one paragraph, without a traceback, exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except GpnasError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
-    except SearchAborted as err:
-        err_console.print(f"[bold red]gpnas bug:[/] {err}", highlight=False, soft_wrap=True)
-        err_console.print("This is a bug in gpnas, not in your input; please report it with the traceback above.")
-        raise SystemExit(1) from None
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        raise SystemExit(130) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except Exception as exc:  # click usage errors arrive as ClickException
-        import click
+    """Console entry point: gpnas' own errors print as one paragraph, without a traceback, and exit with their
+    ``exit_code`` (2 for bad input); usage errors print typer's usage message and exit 2."""
+    from gpnas.experiments.cli_output import click_classes, err_console, literal, show_click_error
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
+    try:
+        code = _ended(app(standalone_mode=False))
+    except GpnasError as err:
+        print_error("error", err)
+        code = int(getattr(err, "exit_code", 2))
+    except SearchAborted as err:
+        print_error("gpnas bug", err)
+        err_console.print(literal("This is a bug in gpnas, not in your input; please report it with the traceback "
+                                  "above."), soft_wrap=True)
+        code = 1
+    except KeyboardInterrupt:
+        err_console.print("aborted")
+        code = 130
+    except Exception as exc:  # typer's vendored click and a standalone click raise different classes
+        if isinstance(exc, click_classes("Exit")):
+            code = _ended(getattr(exc, "exit_code", 0))
+        elif isinstance(exc, click_classes("Abort")):
+            err_console.print("aborted")
+            code = 130
+        elif isinstance(exc, click_classes("ClickException")):
+            code = show_click_error(exc)
+        else:
+            raise
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 
 from gpnas.search_space.errors import SpecError
 from gpnas.search_space.presets import PRESETS, get_preset
-from gpnas.search_space.spec import ArchSpec, load_spec
+from gpnas.search_space.spec import MAX_IMG_SIZE, ArchSpec, load_spec
 
 
 def resolve_arch(arg: str) -> ArchSpec:
@@ -38,8 +38,8 @@ def describe(
     if head is not None and head != spec.head:
         spec = spec.replace(head=head)
     img = spec.img_size if img is None else img
-    if img % 32 or img < 32:
-        raise SpecError(f"--img {img}: the input size must be a positive multiple of 32")
+    if img % 32 or img < 32 or img > MAX_IMG_SIZE:
+        raise SpecError(f"--img {img}: the input size must be a positive multiple of 32, at most {MAX_IMG_SIZE}")
     model = build(spec, seed=0)
     size = measure_size(spec, model, img=img)
     out: dict[str, Any] = {

@@ -65,13 +65,14 @@ def train_candidate(
     img = img or spec.img_size
     if img != spec.img_size:
         spec = spec.replace(img_size=img)
+    # No budget given: TrainConfig's default (PROXY_STEPS steps). max_seconds is passed as given, so there is no
+    # wall-clock cap unless asked for (TrainConfig's default cap is the search's, per trial). Built first: a bad
+    # value is reported before the data is loaded.
+    config = TrainConfig(epochs=epochs, steps=steps, seconds=seconds, max_seconds=max_seconds, device=device,
+                         seed=seed, **train_overrides)
     proxy = stages.load_data(_data_config(data, images, val_data, val_images), img)
     if proxy.num_classes != spec.num_classes:
         spec = spec.replace(num_classes=proxy.num_classes)
-    # No budget given: TrainConfig's default (PROXY_STEPS steps). max_seconds is passed as given, so there is no
-    # wall-clock cap unless asked for (TrainConfig's default cap is the search's, per trial).
-    config = TrainConfig(epochs=epochs, steps=steps, seconds=seconds, max_seconds=max_seconds, device=device,
-                         seed=seed, **train_overrides)
     callbacks = [ProgressBar(total_seconds=config.seconds, total_steps=config.steps)] if progress else []
     fit = stages.train(stages.build(spec, seed=seed), proxy, config, callbacks)
     if save is not None and fit.model is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 import shutil
@@ -17,7 +18,7 @@ from gpnas.results.front import FrontSummary, competing, front_summary
 from gpnas.results.records import SearchInfo, TrialRecord
 from gpnas.search_space.errors import ConfigError
 
-__all__ = ["PICKS", "export", "pareto_rows", "pick_records"]
+__all__ = ["PICKS", "check_out", "export", "pareto_rows", "pick_records"]
 
 PICKS = ("pareto", "knee", "best-ap", "fastest")
 _CONDITION = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
@@ -85,35 +86,87 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _entry(search: SearchInfo, rec: TrialRecord, out: Path, weights: bool) -> dict[str, Any]:
-    """Copy one trial's spec (and weights) into ``out``; its manifest entry."""
+def _listing(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _writable_base(out: Path) -> Path:
+    """The folder that has to be written to make or fill ``out``: ``out`` itself or its nearest existing parent."""
+    path = out.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        where = "is a file" if path == out.absolute() else f"cannot be made: {path} is a file"
+        raise ConfigError(f"export folder {out} {where}, not a folder; give a folder path for the spec YAMLs and "
+                          "manifest.json")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"export folder {out}: {path} cannot be written (permission denied); give a folder "
+                          "you can write to")
+    return path
+
+
+def check_out(out: Path, *, force: bool = False) -> None:
+    """Refuse an export folder before anything is read or written: ``out`` is a file, cannot be made or written,
+    or (unless ``force``) already holds files, which the export could overwrite or mix with its own."""
+    try:
+        _writable_base(out)
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError as err:
+        raise ConfigError(f"export folder {out}: cannot be used ({err.strerror or err})") from None
+    if held and not force:
+        raise ConfigError(f"export folder {out} already holds {len(held)} entries ({_listing(held)}); give a new "
+                          "or empty folder, or --force (force=True) to write into it and overwrite the files "
+                          "the export writes")
+
+
+def _sources(search: SearchInfo, rec: TrialRecord, weights: bool) -> tuple[Path, Path | None]:
+    """The trial's spec (and weights) file, checked before anything is written."""
     spec_src = search.folder.trial_spec(rec.number)
     if not spec_src.is_file():
         raise ConfigError(f"{spec_src} is missing; the search folder is incomplete (was it moved?)")
+    if not weights:
+        return spec_src, None
+    result = rec.result
+    src = Path(result.weights_path) if result and result.weights_path else None
+    if src is None or not src.is_file():
+        raise ConfigError(f"trial {rec.number} has no saved weights ({src}); re-run it with weights saved")
+    return spec_src, src
+
+
+def _entry(rec: TrialRecord, sources: tuple[Path, Path | None], out: Path) -> dict[str, Any]:
+    """Copy one trial's spec (and weights) into ``out``; its manifest entry."""
+    spec_src, weights_src = sources
     spec_path = out / f"{rec.arch_id}.yaml"
     shutil.copyfile(spec_src, spec_path)
     result = rec.result
     entry: dict[str, Any] = {"spec": spec_path.name, **_row(rec), "metrics": result.metrics if result else {},
                              "latency_protocol": (result.latency or {}).get("protocol") if result else None}
-    if weights:
-        src = Path(result.weights_path) if result and result.weights_path else None
-        if src is None or not src.is_file():
-            raise ConfigError(f"trial {rec.number} has no saved weights ({src}); re-run it with weights saved")
+    if weights_src is not None:
         dst = out / f"{rec.arch_id}.pt"
-        shutil.copyfile(src, dst)
+        shutil.copyfile(weights_src, dst)
         entry["weights"] = dst.name
     return entry
 
 
-def export(search: SearchInfo, pick: str, out: Path, *, weights: bool = False) -> dict[str, Any]:
-    """Write ``<out>/<arch_id>.yaml`` per chosen trial, ``manifest.json``, and ``<arch_id>.pt`` if asked."""
+def export(search: SearchInfo, pick: str, out: Path, *, weights: bool = False, force: bool = False
+           ) -> dict[str, Any]:
+    """Write ``<out>/<arch_id>.yaml`` per chosen trial, ``manifest.json``, and ``<arch_id>.pt`` if asked.
+
+    ``out`` must be new or empty unless ``force`` (then the files written here replace those of the same name)."""
+    check_out(out, force=force)
     recs = st.records(st.load_study(search.folder, search.name))
     chosen = pick_records(recs, search, pick)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = [_entry(search, rec, out, weights) for rec in chosen]
+    sources = [_sources(search, rec, weights) for rec in chosen]
     settings = search.settings
-    manifest = {"search": search.name, "folder": str(search.folder.path), "pick": pick,
-                "objectives": list(search.objectives), "data": settings.get("data"), "train": settings.get("train"),
-                "latency": settings.get("latency"), "versions": _versions(), "architectures": entries}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    manifest: dict[str, Any] = {
+        "search": search.name, "folder": str(search.folder.path), "pick": pick, "objectives": list(search.objectives),
+        "data": settings.get("data"), "train": settings.get("train"), "latency": settings.get("latency"),
+        "versions": _versions(), "architectures": []}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest["architectures"] = [_entry(rec, src, out) for rec, src in zip(chosen, sources, strict=True)]
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    except OSError as err:
+        raise ConfigError(f"export folder {out}: cannot write {err.filename or out} ({err.strerror or err})") from None
     return manifest
