@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 from gpnas.results.folder import SearchFolder
 from gpnas.search_space.errors import ConfigError
 
-__all__ = ["cleanup_stale_ray", "import_ray", "prepare_ray", "ray_session"]
+__all__ = ["check_resources", "cleanup_stale_ray", "import_ray", "prepare_ray", "ray_session"]
 
 #: Tune settings a search needs: trials report gpnas' own keys (not every metric on every report), and the
 #: old console output, which the search's own progress line replaces.
@@ -38,12 +39,18 @@ def import_ray() -> Any:
 def prepare_ray(address: str | None) -> None:
     """Settings read when ray is imported or a Tuner starts: call it first.
 
-    A cluster started with `ray start` uses token auth (its token in ~/.ray/auth_token); a driver only presents
-    it when RAY_AUTH_MODE=token is set before ray is imported."""
+    A local search (no address) runs Ray in single-node mode: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray
+    take the loopback address as the node's, so GCS, raylet, workers, agents and the driver listen on 127.0.0.1
+    only (checked against ray 2.60.0; ``_node_ip_address`` alone is re-resolved to the external address). A
+    cluster address is the user's explicit choice. A cluster started with `ray start` uses token auth (its token
+    in ~/.ray/auth_token); a driver only presents it when RAY_AUTH_MODE=token is set before ray is imported."""
     for key, value in _TUNE_ENV.items():
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", message=".*experimental feature.*")  # Tune's notes on its own APIs
-    if not address or "RAY_AUTH_MODE" in os.environ:
+    if not address:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        return
+    if "RAY_AUTH_MODE" in os.environ:
         return
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
@@ -88,6 +95,37 @@ def cleanup_stale_ray(folder: SearchFolder) -> list[int]:
     return killed
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address must accept a connection within seconds; Ray itself
+    would retry for minutes before it gives up."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address / ray_address {address!r}: give HOST:PORT of the cluster's head node "
+                          "(e.g. 10.0.0.5:6379, as `ray start --head` printed it), or 'auto'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConfigError(f"no Ray cluster answers at {address} ({err.strerror or type(err).__name__}); start it "
+                          "with `ray start --head` on that machine, fix --address, or leave it out to run on this "
+                          "machine") from None
+
+
+def check_resources(cpu: float, gpu: float) -> None:
+    """Refuse a per-trial request the cluster can never schedule (Tune would wait forever at '0 running')."""
+    ray = import_ray()
+    total = ray.cluster_resources()
+    have_cpu, have_gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    if gpu > have_gpu:
+        raise ConfigError(f"budget.gpu={gpu:g} per trial, but this Ray cluster has {have_gpu:g} GPU(s); set "
+                          "budget.gpu=0 with train.device=cpu, or run on a machine or cluster with a GPU")
+    if cpu > have_cpu:
+        raise ConfigError(f"budget.cpu={cpu:g} per trial, but this Ray cluster has {have_cpu:g} CPU(s); lower "
+                          "budget.cpu")
+
+
 @contextmanager
 def ray_session(address: str | None, folder: SearchFolder, num_cpus: int | None = None) -> Iterator[bool]:
     """Connect to ``address`` or start a local Ray for the block; yields whether this driver started it (and
@@ -99,10 +137,12 @@ def ray_session(address: str | None, folder: SearchFolder, num_cpus: int | None 
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
                               "logging_level": "ERROR"}
     if address:
+        _check_reachable(address)
         ray.init(address=address, **kwargs)
         yield False
         return
-    ray.init(address="local", num_cpus=num_cpus, **kwargs)  # never attach to a stale cluster by accident
+    # never attach to a stale cluster by accident; loopback only (see prepare_ray)
+    ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     folder.ray_pids.write_text(json.dumps({"driver": os.getpid(), "ray": _local_ray_pids()}))
     try:
         yield True

@@ -9,6 +9,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from rich.text import Text
+
 from gpnas.experiments.config import SearchConfig
 from gpnas.objectives.definitions import constraint_values
 from gpnas.results import study as st
@@ -60,8 +62,11 @@ class Recorder:
 
     def finish(self, study: Any, ot_trial: Any, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         self.running.pop(trial_id, None)
-        if self.internal_error is not None and not (result or {}).get("gpnas_result"):
-            return  # stopped because another trial hit a bug: left RUNNING, re-queued by `gpnas resume`
+        if not (result or {}).get("gpnas_result") and not error and \
+                (self.internal_error is not None or not self.cfg.early_stopping.asha):
+            # stopped before it reported its result, not by ASHA: the search is stopping (Ctrl-C, or another
+            # trial hit a bug). Left RUNNING; the runner re-queues it (interrupted), so no half result is told.
+            return
         tr = self._parse(ot_trial, result, error)
         if (result or {}).get("gpnas_state") == "error" and self.internal_error is None:
             self.internal_error = f"trial {ot_trial.number} ({tr.arch_id}):\n{result['gpnas_traceback']}"
@@ -108,7 +113,10 @@ class Recorder:
         keys = dict.fromkeys(("ap", "ap50", "gflops", "latency_ms", *self.cfg.objectives))
         figures = " ".join(f"{k} {m[k]:.4g}" for k in keys if k in m)
         why = f" — {tr.reason}" if tr.reason and tr.state != "complete" else ""
-        self.console.print(f"  trial {number:3d} [bold]{tr.state}[/] {tr.arch_id} {figures}{why}", highlight=False)
+        line = Text(f"  trial {number:3d} ")
+        line.append(tr.state, style="bold")
+        line.append(f" {tr.arch_id} {figures}{why}")  # reasons may hold brackets: literal text, never markup
+        self.console.print(line, highlight=False)
 
     def front_size(self) -> int:
         import numpy as np

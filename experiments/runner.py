@@ -11,6 +11,7 @@ The pieces: :mod:`~gpnas.experiments.searcher` (searcher and trainable), :mod:`~
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments.config import SearchConfig, save_config
-from gpnas.experiments.ray_session import cleanup_stale_ray, prepare_ray, ray_session
+from gpnas.experiments.ray_session import check_resources, cleanup_stale_ray, prepare_ray, ray_session
 from gpnas.experiments.recorder import Recorder, progress_callback, stop_on_internal_error
 from gpnas.experiments.searcher import make_sampler, searcher_class, trainable
 from gpnas.results import study as st
-from gpnas.results.folder import SearchFolder
-from gpnas.search_space.errors import ConfigError, SearchAborted
+from gpnas.results.folder import SearchFolder, folder_lock
+from gpnas.search_space.errors import ConfigError, SearchAborted, SearchInterrupted
 from gpnas.search_space.presets import PRESETS
 from gpnas.search_space.space import SearchSpace
 from gpnas.search_space.spec import ArchSpec
@@ -62,16 +63,20 @@ def build_space(cfg: SearchConfig, folder: SearchFolder | None = None) -> Search
     return SearchSpace.from_config(base_spec(cfg, folder), {k: v.model_dump() for k, v in cfg.space.genes.items()})
 
 
-def _enqueue_named(study: Any, space: SearchSpace, name: str) -> None:
-    """Enqueue a preset or spec file as the next trial; it must lie in the space."""
+def _enqueue_params(space: SearchSpace, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The parameters of each named preset or spec file to evaluate first; each must lie in the space (checked
+    before the study exists, so a bad name leaves nothing behind)."""
     from gpnas.experiments.inspect import resolve_arch
 
-    spec = resolve_arch(name)
-    spec = spec.replace(anchors=space.base.anchors) if name in PRESETS else spec
-    if not space.contains(spec):
-        raise ConfigError(f"enqueue: '{name}' is not a point of this space; widen space.genes to include its genes "
-                          f"or remove it from enqueue")
-    study.enqueue_trial(space.to_params(spec), skip_if_exists=True)
+    out = []
+    for name in names:
+        spec = resolve_arch(name)
+        spec = spec.replace(anchors=space.base.anchors) if name in PRESETS else spec
+        if not space.contains(spec):
+            raise ConfigError(f"enqueue: '{name}' is not a point of this space; widen space.genes to include its "
+                              "genes or remove it from enqueue")
+        out.append(space.to_params(spec))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- study
@@ -84,19 +89,24 @@ class SearchOutcome:
     evaluate_seconds: float  # sum of the trials' own evaluate time
 
 
-def _open_study(cfg: SearchConfig, storage: Any, space: SearchSpace, resume: bool) -> tuple[Any, int]:
+def _open_study(cfg: SearchConfig, storage: Any, resume: bool, enqueue: list[dict[str, Any]]) -> tuple[Any, int]:
     """Create (or, on resume, reopen) the study; -> (study, number of interrupted trials re-queued)."""
     import optuna
 
     study = optuna.create_study(storage=storage, study_name=cfg.name, directions=cfg.directions(),
                                 load_if_exists=True)
-    requeued = st.mark_interrupted(study) if resume else []
-    for params in requeued:
+    requeued = _requeue_interrupted(study) if resume else 0
+    for params in enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study, requeued
+
+
+def _requeue_interrupted(study: Any) -> int:
+    """Trials left RUNNING (driver killed or interrupted) become ``interrupted``; their candidates run again."""
+    requeue = st.mark_interrupted(study)
+    for params in requeue:
         study.enqueue_trial(params)
-    if not resume:
-        for name in cfg.enqueue:
-            _enqueue_named(study, space, name)
-    return study, len(requeued)
+    return len(requeue)
 
 
 def _check_new_or_resumable(cfg: SearchConfig, storage: Any, folder: SearchFolder, resume: bool) -> None:
@@ -147,47 +157,80 @@ def _tuner(cfg: SearchConfig, folder: SearchFolder, space: SearchSpace, recorder
 def _finish(cfg: SearchConfig, tracker: MlflowTracker | None, recorder: Recorder, study: Any,
             seconds: float) -> SearchOutcome:
     recs = st.records(study)
+    interrupted = recorder.internal_error is None and st.finished(recs) < cfg.budget.num_trials
+    if interrupted:  # Ctrl-C: what was running is re-queued now, so the study shows no ghost "running" trial
+        requeued = _requeue_interrupted(study)
+        recs = st.records(study)
     if tracker is not None:
         tracker.finish_search(cfg.info())
     if recorder.internal_error is not None:
         raise SearchAborted(f"search '{cfg.name}' stopped: {recorder.internal_error}\nThe trial is recorded as "
                             f"failed; after a fix, `gpnas resume {cfg.search_dir()}` runs the remaining budget.")
+    if interrupted:
+        raise SearchInterrupted(f"search '{cfg.name}' was interrupted after {st.finished(recs)} of "
+                                f"{cfg.budget.num_trials} trials ({requeued} running trial(s) re-queued); "
+                                f"`gpnas resume {cfg.search_dir()}` runs the rest")
     new = recorder.ended[recorder.loaded:]
     evaluate_seconds = sum(r.evaluate_seconds for r in new if not (r.reason or "").startswith("same arch_id"))
     return SearchOutcome(cfg.search_dir(), st.counts(recs), len(new), seconds, evaluate_seconds)
 
 
+def _fit(tuner: Any) -> float:
+    """Run the Tune experiment; -> its wall seconds. Ctrl-C (Tune stops its trials, or a KeyboardInterrupt
+    reaches here) ends it early: :func:`_finish` sees the missing trials and reports the interruption."""
+    start = time.time()
+    with contextlib.suppress(KeyboardInterrupt):
+        tuner.fit()
+    return time.time() - start
+
+
+def _prepare(cfg: SearchConfig, folder: SearchFolder, resume: bool, console: Console) -> tuple[Any, SearchSpace,
+                                                                                               list[dict[str, Any]]]:
+    """Every check that can fail, before anything of the search is written: -> (storage, space, enqueue)."""
+    storage = st.open_storage(folder)
+    _check_new_or_resumable(cfg, storage, folder, resume)
+    cfg.check_for_run()
+    space = build_space(cfg, folder)
+    if cfg.data.kind == "coco":  # read and check the annotation files once, here, not in every trial
+        from gpnas.experiments.stages import load_data
+
+        load_data(cfg.data, space.base.img_size)
+    killed = cleanup_stale_ray(folder)  # this process owns the folder: the recorded driver is dead
+    if killed:
+        console.print(f"ended {len(killed)} Ray processes left by the interrupted driver: {killed}")
+    return storage, space, ([] if resume else _enqueue_params(space, cfg.enqueue))
+
+
 def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | None = None,
                tracker: MlflowTracker | None = None) -> SearchOutcome:
-    """Run (or resume) a search to its full budget. The folder is ``cfg.search_dir()``."""
+    """Run (or resume) a search to its full budget. The folder is ``cfg.search_dir()``; this process owns it
+    (:func:`folder_lock`) for the whole run. A start that fails leaves nothing that blocks a corrected retry."""
     from rich.console import Console
 
     prepare_ray(cfg.ray_address)  # before ray is imported
     console = console or Console()
     folder = cfg.folder()
-    storage = st.open_storage(folder)
-    _check_new_or_resumable(cfg, storage, folder, resume)
-    save_config(cfg, folder.path)
-    killed = cleanup_stale_ray(folder)
-    if killed:
-        console.print(f"ended {len(killed)} Ray processes left by the interrupted driver: {killed}")
-    space = build_space(cfg, folder)
-    study, requeued = _open_study(cfg, storage, space, resume)
-    recs = st.records(study)
-    remaining = cfg.budget.num_trials - st.finished(recs)
-    recorder = Recorder(cfg, folder, tracker, console)
-    recorder.load(recs)
-    if tracker is not None:
-        tracker.start_search(cfg.info())
-    if remaining <= 0:
-        console.print(f"search '{cfg.name}' has used its whole budget ({cfg.budget.num_trials} trials)")
-        return _finish(cfg, tracker, recorder, study, 0.0)  # backfills MLflow if it missed anything
-    console.print(f"search [bold]{cfg.name}[/]: {remaining} of {cfg.budget.num_trials} trials to run"
-                  + (f" ({requeued} interrupted re-queued)" if requeued else "") + f", folder {folder}")
-    console.print(space.describe(), highlight=False)
-    with ray_session(cfg.ray_address, folder):
-        tuner = _tuner(cfg, folder, space, recorder, storage, remaining, st.finished(recs))
-        fit_start = time.time()
-        tuner.fit()
-        fit_seconds = time.time() - fit_start
-    return _finish(cfg, tracker, recorder, study, fit_seconds)
+    with folder_lock(folder):
+        storage, space, enqueue = _prepare(cfg, folder, resume, console)
+        spent = resume and st.finished(st.records(st.load_study(folder, cfg.name))) >= cfg.budget.num_trials
+        with contextlib.nullcontext() if spent else ray_session(cfg.ray_address, folder):
+            if not spent:
+                check_resources(cfg.budget.cpu, cfg.budget.gpu)
+            save_config(cfg, folder.path)
+            study, requeued = _open_study(cfg, storage, resume, enqueue)
+            recs = st.records(study)
+            remaining = cfg.budget.num_trials - st.finished(recs)
+            recorder = Recorder(cfg, folder, tracker, console)
+            recorder.load(recs)
+            if tracker is not None:
+                tracker.start_search(cfg.info())
+            if remaining <= 0:
+                console.print(f"search '{cfg.name}' has used its whole budget ({cfg.budget.num_trials} trials)",
+                              markup=False)
+                return _finish(cfg, tracker, recorder, study, 0.0)  # backfills MLflow if it missed anything
+            console.print(f"search {cfg.name}: {remaining} of {cfg.budget.num_trials} trials to run"
+                          + (f" ({requeued} interrupted re-queued)" if requeued else "") + f", folder {folder}",
+                          markup=False)
+            console.print(space.describe(), highlight=False, markup=False)
+            seconds = _fit(_tuner(cfg, folder, space, recorder, storage, remaining, st.finished(recs)))
+        return _finish(cfg, tracker, recorder, study, seconds)

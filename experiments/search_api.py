@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments.config import SearchConfig, load_config
 from gpnas.results import study as st
-from gpnas.results.folder import SearchFolder
+from gpnas.results.folder import SearchFolder, folder_lock
 from gpnas.results.front import front_summary
-from gpnas.search_space.errors import ConfigError
+from gpnas.results.records import TrialRecord
+from gpnas.search_space.errors import ConfigError, SearchFailed
 
 if TYPE_CHECKING:  # the runner imports ray lazily; load it only when a search runs
     from rich.console import Console
@@ -38,7 +39,15 @@ def search_status(folder: SearchFolder, cfg: SearchConfig) -> dict[str, Any]:
     summary = front_summary(recs, cfg.objectives, cfg.constraints.model_dump())
     return {"name": cfg.name, "folder": str(folder), "total": cfg.budget.num_trials, "finished": st.finished(recs),
             "trials": st.counts(recs), "pareto": summary.front, "knee": summary.knee,
-            "hypervolume": summary.hypervolume, "objectives": list(cfg.objectives)}
+            "hypervolume": summary.hypervolume, "objectives": list(cfg.objectives),
+            "per_trial": [_trial_row(r, cfg.objectives) for r in recs]}
+
+
+def _trial_row(rec: TrialRecord, objectives: tuple[str, ...]) -> dict[str, Any]:
+    """One trial of `gpnas status --json`: its state, reason and objective values."""
+    return {"number": rec.number, "state": rec.state, "arch_id": rec.arch_id, "reason": rec.reason,
+            **{o: rec.metric(o) if rec.result is not None and o in rec.result.metrics else None
+               for o in objectives}}
 
 
 def make_tracker(cfg: SearchConfig, enabled: bool) -> MlflowTracker | None:
@@ -53,9 +62,14 @@ def make_tracker(cfg: SearchConfig, enabled: bool) -> MlflowTracker | None:
 def start_search(cfg: SearchConfig, *, console: Console, mlflow: bool = True, resume: bool = False) -> SearchOutcome:
     from gpnas.experiments.runner import run_search
 
-    tracker = make_tracker(cfg, mlflow)
-    outcome = run_search(cfg, resume=resume, console=console, tracker=tracker)
+    with folder_lock(cfg.folder()):  # before the MLflow store is touched: a second driver refuses cleanly
+        tracker = make_tracker(cfg, mlflow)
+        outcome = run_search(cfg, resume=resume, console=console, tracker=tracker)
     summarise(outcome, cfg, console, tracker)
+    if outcome.counts.get("complete", 0) == 0:
+        ended = ", ".join(f"{n} {state}" for state, n in outcome.counts.items() if n)
+        raise SearchFailed(f"search '{cfg.name}' spent its budget but no trial completed ({ended}); "
+                           f"`gpnas status {outcome.folder} --json` lists each trial's reason")
     return outcome
 
 
@@ -82,7 +96,7 @@ def summarise(outcome: SearchOutcome, cfg: SearchConfig, console: Console, track
     from gpnas.results.export import pareto_rows
 
     info = search_status(cfg.folder(), cfg)
-    console.print(f"\nsearch [bold]{cfg.name}[/] finished: {info['trials']}")
+    console.print(f"\nsearch {cfg.name} finished: {info['trials']}", markup=False)
     rows = pareto_rows(cfg.info())
     if rows:
         table = Table("trial", "arch_id", "ap", "gflops", "latency_ms", title="Pareto front")
@@ -91,5 +105,6 @@ def summarise(outcome: SearchOutcome, cfg: SearchConfig, console: Console, track
                           f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-")
         console.print(table)
     if tracker is not None:
-        console.print(tracker.how_to_open())
-    console.print(f"export the front: gpnas export {Path(outcome.folder)} --pick pareto --out exported/{cfg.name}")
+        console.print(tracker.how_to_open(), markup=False)
+    console.print(f"export the front: gpnas export {Path(outcome.folder)} --pick pareto --out exported/{cfg.name}",
+                  markup=False)

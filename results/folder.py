@@ -10,6 +10,7 @@ runs/<name>/
   weights/<arch_id>.pt proxy-trained weights
   ray/part-K/          Ray Tune's experiment folders (one per start or resume)
   ray_pids.json        the local Ray processes of the live driver
+  .owner               the live driver's lock (flock) with its PID, start time and command line
   report/              plots and tables of the finished search
   fidelity/            `gpnas fidelity` runs and report
 ```
@@ -18,14 +19,28 @@ runs/<name>/
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpnas.search_space.errors import ConfigError
+
+try:  # POSIX only; without it a folder has no owner lock (see folder_lock)
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX platforms
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from gpnas.results.records import TrialResult
 
-__all__ = ["SearchFolder"]
+__all__ = ["FolderInUse", "SearchFolder", "folder_lock"]
+
+
+class FolderInUse(ConfigError):
+    """A live gpnas process owns the search folder (another `gpnas search` / `gpnas resume` runs there)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,10 @@ class SearchFolder:
         return self.path / "ray_pids.json"
 
     @property
+    def owner_file(self) -> Path:
+        return self.path / ".owner"
+
+    @property
     def report(self) -> Path:
         return self.path / "report"
 
@@ -125,3 +144,79 @@ class SearchFolder:
         """The full result a trial folder holds (``{}`` when it has none)."""
         path = self.trial_result(number)
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ------------------------------------------------------------------------------------------------ ownership
+_HELD: dict[Path, tuple[int, int]] = {}  # lock path -> (open fd, how many holders in this process)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def folder_lock(folder: SearchFolder) -> Iterator[None]:
+    """Own ``folder`` for the block: one live driver per search folder.
+
+    An exclusive ``flock`` on ``<folder>/.owner`` (the kernel releases it when the owner dies, however it dies),
+    which also records the owner's PID, its start time and command line for the message. A second `gpnas search`
+    or `gpnas resume` of a live folder raises :class:`FolderInUse` instead of touching it. Re-entrant within one
+    process. Without ``fcntl`` (not POSIX) the lock is a no-op.
+    """
+    path = folder.owner_file
+    if path in _HELD:
+        fd, count = _HELD[path]
+        _HELD[path] = (fd, count + 1)
+        try:
+            yield
+        finally:
+            _release(path)
+        return
+    folder.path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderInUse(_in_use_message(folder, _owner(path))) from None
+    me = {"pid": os.getpid(), "start_time": _start_time(os.getpid()),
+          "command": " ".join(Path("/proc/self/cmdline").read_bytes().decode(errors="replace").split("\0")).strip()
+          if Path("/proc/self/cmdline").exists() else ""}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(me).encode())
+    _HELD[path] = (fd, 1)
+    try:
+        yield
+    finally:
+        _release(path)
+
+
+def _release(path: Path) -> None:
+    fd, count = _HELD[path]
+    if count > 1:
+        _HELD[path] = (fd, count - 1)
+        return
+    del _HELD[path]
+    os.close(fd)  # closing the descriptor releases the flock; the file stays (harmless, reused next time)
+
+
+def _in_use_message(folder: SearchFolder, owner: dict) -> str:
+    pid = owner.get("pid")
+    alive = pid is not None and _start_time(int(pid)) == owner.get("start_time")
+    who = f"process {pid} ({owner.get('command') or 'gpnas'})" if alive else "another live process"
+    return (f"search folder {folder.path} is in use by {who}: a search runs there now. Wait for it to finish "
+            f"(`gpnas status {folder.path}` shows its progress) or stop it (Ctrl-C, or kill {pid or 'it'}); "
+            "then `gpnas resume` continues it")

@@ -15,17 +15,25 @@ from typing import Any
 from gpnas.objectives.definitions import get_objective
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import COUNTED_STATES, TrialRecord, TrialResult
+from gpnas.search_space.errors import ConfigError
 
 __all__ = ["counts", "finished", "load_study", "mark_interrupted", "open_storage", "records", "tell_result",
            "trial_record"]
 
 
 def open_storage(folder: SearchFolder | Path) -> Any:
+    """The study database of a search folder; a file that is not a readable Optuna database is a clear error."""
     import optuna
+    import sqlalchemy.exc
 
     folder = SearchFolder(folder) if isinstance(folder, Path) else folder
     folder.path.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(folder.study_url, engine_kwargs={"connect_args": {"timeout": 60}})
+    try:
+        return optuna.storages.RDBStorage(folder.study_url, engine_kwargs={"connect_args": {"timeout": 60}})
+    except (sqlalchemy.exc.DatabaseError, RuntimeError) as err:  # optuna wraps schema problems in RuntimeError
+        detail = str(getattr(err, "orig", None) or err).splitlines()[0]
+        raise ConfigError(f"{folder.study_db} is not a readable Optuna study database ({detail}); restore it from "
+                          "a backup, or move the search folder away and start the search again") from None
 
 
 def load_study(folder: SearchFolder | Path, name: str) -> Any:
@@ -33,7 +41,13 @@ def load_study(folder: SearchFolder | Path, name: str) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=open_storage(folder))
+    storage = open_storage(folder)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        where = folder.study_db if isinstance(folder, SearchFolder) else Path(folder) / "study.db"
+        raise ConfigError(f"{where} holds no study '{name}': the search never started (a failed start leaves no "
+                          "results); run `gpnas search` again") from None
 
 
 def trial_record(trial: Any) -> TrialRecord:
@@ -59,7 +73,8 @@ def records(study: Any) -> list[TrialRecord]:
 
 
 def counts(recs: list[TrialRecord]) -> dict[str, int]:
-    out = {s: 0 for s in (*COUNTED_STATES, "running", "interrupted")}
+    """Trials by state; ``waiting`` are queued candidates (enqueued, or re-queued after an interruption)."""
+    out = {s: 0 for s in (*COUNTED_STATES, "running", "waiting", "interrupted")}
     for r in recs:
         key = r.state if r.state in out else "running"
         out[key] += 1

@@ -13,6 +13,7 @@ study, and ``sync`` backfills whatever MLflow missed (server down mid-search), i
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -50,6 +51,15 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
     return out
+
+
+def _folder_id(folder: Path) -> str:
+    """A folder as a tag value any MLflow filter can quote (a path may hold quotes)."""
+    return hashlib.sha256(str(folder).encode()).hexdigest()[:20]
+
+
+def _folder_filter(folder: Path) -> str:
+    return f"tags.`gpnas.folder_id` = '{_folder_id(folder)}'"
 
 
 class MlflowTracker:
@@ -102,15 +112,22 @@ class MlflowTracker:
         self.experiment_id = self._experiment(search.name)
         folder = search.folder.path
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`gpnas.role` = 'search' and tags.`gpnas.folder` = '{folder}'",
+            [self.experiment_id], filter_string=f"tags.`gpnas.role` = 'search' and {_folder_filter(folder)}",
             max_results=1,
         )
+        if not found and "'" not in str(folder):  # a search run logged before the folder_id tag existed
+            found = self.client.search_runs(
+                [self.experiment_id], max_results=1,
+                filter_string=f"tags.`gpnas.role` = 'search' and tags.`gpnas.folder` = '{folder}'")
+            for run in found:
+                self.client.set_tag(run.info.run_id, "gpnas.folder_id", _folder_id(folder))
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             return
         run = self.client.create_run(self.experiment_id, run_name=f"{search.name} (search)",
-                                     tags={"gpnas.role": "search", "gpnas.folder": str(folder)})
+                                     tags={"gpnas.role": "search", "gpnas.folder": str(folder),
+                                           "gpnas.folder_id": _folder_id(folder)})
         self.parent_id = run.info.run_id
         params = _flatten(dict(search.settings))
         for key, value in params.items():
@@ -242,18 +259,18 @@ class MlflowTracker:
         """One run per fidelity folder (found again on a rerun), under the search's run when there is one:
         the rank statistics as metrics, the verdict as a tag, the table, JSON and scatter plot as artifacts."""
         self.experiment_id = self._experiment(experiment)
-        tags = {"gpnas.role": "fidelity", "gpnas.fidelity_folder": str(out),
+        tags = {"gpnas.role": "fidelity", "gpnas.fidelity_folder": str(out), "gpnas.folder_id": _folder_id(out),
                 "gpnas.verdict": str(report.get("verdict", ""))[:5000]}
         if search_folder is not None:
             parents = self.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.`gpnas.role` = 'search' and tags.`gpnas.folder` = '{search_folder}'",
+                filter_string=f"tags.`gpnas.role` = 'search' and {_folder_filter(search_folder)}",
                 max_results=1)
             if parents:
                 tags["mlflow.parentRunId"] = parents[0].info.run_id
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`gpnas.role` = 'fidelity' and tags.`gpnas.fidelity_folder` = '{out}'", max_results=1)
+            filter_string=f"tags.`gpnas.role` = 'fidelity' and {_folder_filter(out)}", max_results=1)
         if found:
             run_id = found[0].info.run_id
             for k, v in tags.items():
@@ -287,14 +304,51 @@ class MlflowTracker:
 
 
 def serve_ui(folder: SearchFolder, port: int = 5000) -> int:
-    """Serve the MLflow UI for a search's local store on 127.0.0.1 (blocks until interrupted)."""
+    """Serve the MLflow UI for a search's local store on 127.0.0.1 (blocks until the server ends).
+
+    The server runs in its own process group: SIGTERM and SIGINT to this process are passed to the server (which
+    passes them once to its web worker; a second SIGINT would make the worker force-quit with a traceback), and
+    whatever is left of the group is ended on the way out, so stopping ``gpnas ui`` frees the port. Returns the
+    server's exit status (128 + the signal number when a signal ended it)."""
+    import contextlib
+    import signal
     import subprocess
     import sys
+    import threading
+    import time
 
     if not folder.mlflow_db.is_file():
         raise ConfigError(f"{folder.path} has no local MLflow store (mlflow.db); was it run with --tracking-uri?")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", folder.mlflow_uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    print(f"MLflow UI for {folder.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
-    return subprocess.call(cmd, env=env)
+    print(f"MLflow UI for {folder.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", flush=True)
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)  # Ctrl-C reaches it only through us
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    def to_group(signum: int) -> bool:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:  # the whole group has ended
+            return False
+        return True
+
+    handled = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    previous = {signum: signal.signal(signum, forward) for signum in handled}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if to_group(signal.SIGTERM):  # a worker that outlived the server, or the server when we leave on an error
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=10)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and to_group(0):
+                time.sleep(0.1)
+            to_group(signal.SIGKILL)
+            child.wait()
+    return 128 - code if code < 0 else code

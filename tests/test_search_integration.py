@@ -5,67 +5,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from searchutil import GPNAS, cli_env, free_port, gpnas, status_json, write_config
 
 pytestmark = pytest.mark.slow
 
-GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _config(tmp_path: Path, name: str, trials: int, **extra: object) -> Path:
-    cfg = {
-        "name": name,
-        "space": {"base": "yolor-csp-nano", "genes": {
-            "block": {"choices": ["residual", "csp", "elan"]},
-            "fusion": {"choices": ["both", "last"]},
-            "width_multiple": {"choices": [0.0625, 0.01]},  # 0.01 leaves 0 channels: a recorded failure
-        }},
-        "sampler": {"seed": 3, "n_startup_trials": 10},
-        "budget": {"num_trials": trials, "max_concurrent": 2, "cpu": 1},
-        "data": {"n_train": 48, "n_val": 12},
-        "train": {"steps": 3, "batch_size": 8},
-        "latency": {"repeats": 2, "warmup": 1, "iters_per_repeat": 1},
-        "storage": {"root": str(tmp_path / "runs")},
-        **extra,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-
-
-def _gpnas(tmp_path: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([*GPNAS, *args], capture_output=True, text=True, env=_env(tmp_path), timeout=timeout,
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
-
-
-def _status(tmp_path: Path, folder: Path) -> dict:
-    return json.loads(_gpnas(tmp_path, "status", str(folder), "--json").stdout)
-
-
 def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
-    path = _config(tmp_path, "four", 4, constraints={"max_gflops": 0.021})
-    _gpnas(tmp_path, "search", "--config", str(path))
+    path = write_config(tmp_path, "four", 4, constraints={"max_gflops": 0.021})
+    gpnas(tmp_path, "search", "--config", str(path))
     folder = tmp_path / "runs" / "four"
-    status = _status(tmp_path, folder)
+    status = status_json(tmp_path, folder)
     trials = status["trials"]
     assert status["finished"] == 4
     assert sum(trials[s] for s in ("complete", "pruned", "infeasible", "failed")) == 4
@@ -78,7 +32,7 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
         assert (folder / "trials" / f"{rec.number:04d}" / "result.json").is_file()
         if rec.state in ("failed", "infeasible"):
             assert rec.reason, rec
-    pareto = json.loads(_gpnas(tmp_path, "pareto", str(folder), "--json").stdout)
+    pareto = json.loads(gpnas(tmp_path, "pareto", str(folder), "--json").stdout)
     assert sorted(r["trial_id"] for r in pareto) == sorted(status["pareto"])
 
     # MLflow: one parent, one child per trial (failed ones too), is_pareto == the listed front
@@ -110,7 +64,7 @@ def _check_export(tmp_path: Path, folder: Path, row: dict) -> None:
     from gpnas.search_space.spec import load_spec
 
     out = tmp_path / "exported"
-    _gpnas(tmp_path, "export", str(folder), "--pick", "best-ap", "--out", str(out), "--weights")
+    gpnas(tmp_path, "export", str(folder), "--pick", "best-ap", "--out", str(out), "--weights")
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["architectures"][0]
     spec = load_spec(out / entry["spec"])
@@ -124,9 +78,9 @@ def _check_export(tmp_path: Path, folder: Path, row: dict) -> None:
 
 
 def test_search_on_an_existing_ray_head(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     # keep the head and the driver on loopback: Ray otherwise rewrites 127.0.0.1 to the node's network address
-    env = {**_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**cli_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
          "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
@@ -135,11 +89,11 @@ def test_search_on_an_existing_ray_head(tmp_path: Path) -> None:
     try:
         time.sleep(8)
         assert head.poll() is None, "ray head did not start"
-        path = _config(tmp_path, "cluster", 2)
+        path = write_config(tmp_path, "cluster", 2)
         out = subprocess.run([*GPNAS, "search", "--config", str(path), "--address", f"127.0.0.1:{port}",
                               "--no-mlflow"], capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        status = _status(tmp_path, tmp_path / "runs" / "cluster")
+        status = status_json(tmp_path, tmp_path / "runs" / "cluster")
         assert status["finished"] == 2, out.stdout
         assert not (tmp_path / "runs" / "cluster" / "ray_pids.json").exists()  # the driver did not own Ray
     finally:
@@ -151,8 +105,8 @@ def test_search_on_an_existing_ray_head(tmp_path: Path) -> None:
 
 
 def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> None:
-    path = _config(tmp_path, "killed", 5, train={"steps": 12, "batch_size": 8})
-    driver = subprocess.Popen([*GPNAS, "search", "--config", str(path), "--no-mlflow"], env=_env(tmp_path),
+    path = write_config(tmp_path, "killed", 5, train={"steps": 12, "batch_size": 8})
+    driver = subprocess.Popen([*GPNAS, "search", "--config", str(path), "--no-mlflow"], env=cli_env(tmp_path),
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     folder = tmp_path / "runs" / "killed"
@@ -174,7 +128,7 @@ def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> N
     done_before = {r.number for r in before if r.state in ("complete", "failed", "infeasible", "pruned")}
     assert 1 <= len(done_before) < 5
 
-    _gpnas(tmp_path, "resume", str(folder), "--no-mlflow")
+    gpnas(tmp_path, "resume", str(folder), "--no-mlflow")
     after = records(load_study(folder, "killed"))
     assert finished(after) == 5
     # finished trials were not run again: their rows are unchanged and the new ones are new numbers
@@ -186,9 +140,9 @@ def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> N
 
 
 def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
-    path = _config(tmp_path, "offline", 2)
+    path = write_config(tmp_path, "offline", 2)
     out = subprocess.run([*GPNAS, "search", "--config", str(path), "--tracking-uri",
-                          f"http://127.0.0.1:{_free_port()}"], capture_output=True, text=True, env=_env(tmp_path),
+                          f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=cli_env(tmp_path),
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 2
     assert "unreachable" in out.stderr and "Traceback" not in out.stderr
@@ -198,8 +152,8 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> No
 def test_mlflow_server_receives_the_search_and_sync_backfills(tmp_path: Path) -> None:
     import requests
 
-    port = _free_port()
-    env = {**_env(tmp_path), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    port = free_port()
+    env = {**cli_env(tmp_path), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -213,18 +167,18 @@ def test_mlflow_server_receives_the_search_and_sync_backfills(tmp_path: Path) ->
                     break
             except requests.RequestException:
                 time.sleep(0.5)
-        path = _config(tmp_path, "served", 2)
-        _gpnas(tmp_path, "search", "--config", str(path), "--tracking-uri", uri)
+        path = write_config(tmp_path, "served", 2)
+        gpnas(tmp_path, "search", "--config", str(path), "--tracking-uri", uri)
         body = {"experiment_ids": [_experiment_id(uri, "served")], "max_results": 100}
         runs = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json=body, timeout=10).json()["runs"]
         roles = sorted(t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "gpnas.role")
         assert roles == ["search", "trial", "trial"]
 
         # a search recorded without MLflow is backfilled by sync, idempotently
-        quiet = _config(tmp_path, "quiet", 2)
-        _gpnas(tmp_path, "search", "--config", str(quiet), "--no-mlflow")
+        quiet = write_config(tmp_path, "quiet", 2)
+        gpnas(tmp_path, "search", "--config", str(quiet), "--no-mlflow")
         for _ in range(2):
-            _gpnas(tmp_path, "sync", str(tmp_path / "runs" / "quiet"), "--tracking-uri", uri)
+            gpnas(tmp_path, "sync", str(tmp_path / "runs" / "quiet"), "--tracking-uri", uri)
         body = {"experiment_ids": [_experiment_id(uri, "quiet")], "max_results": 100}
         runs = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json=body, timeout=10).json()["runs"]
         assert len(runs) == 3
@@ -247,12 +201,12 @@ def test_same_config_twice_gives_the_same_candidates_aps_and_front(tmp_path: Pat
 
     runs = []
     for name in ("first", "second"):
-        path = _config(tmp_path, name, 4, sampler={"seed": 3, "n_startup_trials": 2},
+        path = write_config(tmp_path, name, 4, sampler={"seed": 3, "n_startup_trials": 2},
                        objectives=["ap", "gflops"], train={"steps": 4, "batch_size": 8})
-        _gpnas(tmp_path, "search", "--config", str(path), "--no-mlflow")
+        gpnas(tmp_path, "search", "--config", str(path), "--no-mlflow")
         folder = tmp_path / "runs" / name
         trials = {r.number: (r.arch_id, r.state, r.metric("ap")) for r in records(load_study(folder, name))}
-        runs.append((trials, _status(tmp_path, folder)["pareto"]))
+        runs.append((trials, status_json(tmp_path, folder)["pareto"]))
     (first, front1), (second, front2) = runs
     assert len(first) == 4 and first == second, (first, second)
     assert front1 == front2
@@ -270,9 +224,9 @@ def test_a_bug_in_gpnas_inside_a_trial_stops_the_search_once(tmp_path: Path) -> 
         "def _broken(*args, **kwargs):\n"
         "    raise ZeroDivisionError('injected bug')\n"
         "stages.measure_size = _broken\n")
-    path = _config(tmp_path, "buggy", 4, budget={"num_trials": 4, "max_concurrent": 1, "cpu": 1},
+    path = write_config(tmp_path, "buggy", 4, budget={"num_trials": 4, "max_concurrent": 1, "cpu": 1},
                    space={"base": "yolor-csp-nano", "genes": {"block": {"choices": ["residual", "csp"]}}})
-    env = {**_env(tmp_path), "PYTHONPATH": str(inject)}
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(inject)}
     out = subprocess.run([*GPNAS, "search", "--config", str(path), "--no-mlflow"], capture_output=True, text=True,
                          env=env, timeout=400, cwd=tmp_path)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
