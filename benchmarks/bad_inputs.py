@@ -259,8 +259,10 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c for c in all_cases() if args.only in f"{c.area} {c.what}"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"gpnas bad inputs · {time.strftime('%Y-%m-%d %H:%M')} · commit {commit} · {platform.processor() or ''} "
-          f"{os.cpu_count()} cores · {len(cases)} cases", flush=True)
+    from gpnas.objectives.latency import cpu_name
+
+    print(f"gpnas bad inputs · {time.strftime('%Y-%m-%d %H:%M')} · commit {commit} · {cpu_name()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()} · {len(cases)} cases", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(run_case, cases))
     for case, ok, detail, seconds in results:
