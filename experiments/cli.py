@@ -296,26 +296,36 @@ def latency(
     repeats: Annotated[int | None, typer.Option(help="Timed repeats (default: a search's, 10).")] = None,
     warmup: Annotated[int | None, typer.Option(help="Warm-up iterations (default: a search's, 5).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+    mode: Annotated[str, typer.Option(help="measured (end to end), predicted (per-layer table) or both.")]
+    = "measured",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Measured latency of the fused model under a declared protocol (the one a search uses, by default)."""
+    """Latency of the fused model under a declared protocol (the one a search uses, by default): measured end to
+    end, predicted from this machine's per-layer table, or both."""
     from gpnas.experiments.inspect import resolve_arch
-    from gpnas.experiments.stages import build, time_latency
+    from gpnas.experiments.stages import build
+    from gpnas.experiments.stages import latency as latency_of
     from gpnas.objectives.latency import LatencyProtocol
 
+    if mode not in ("measured", "predicted", "both"):
+        raise GpnasError(f"--mode {mode!r}: choose measured, predicted or both")
     spec = resolve_arch(arch)
     given = {k: v for k, v in (("repeats", repeats), ("warmup", warmup)) if v is not None}
     protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or spec.img_size,  # type: ignore[arg-type]
                                threads=threads, **given)
-    result = time_latency(build(spec, seed=0), protocol).to_dict()
+    record = latency_of(build(spec, seed=0), protocol, mode)
     if as_json:
-        _print_json({"arch_id": spec.arch_id, "name": spec.name, **result})
+        _print_json({"arch_id": spec.arch_id, "name": spec.name, **record})
         return
     tab = table(show_header=False, title=f"latency of {spec.name or spec.arch_id}")
-    for key in ("median_ms", "iqr_ms", "cv", "device_name"):
-        value = result[key]
-        add_row(tab, key, f"{value:.4f}" if isinstance(value, float) else value)
-    add_row(tab, "protocol", json.dumps(result["protocol"]))
+    if record["predicted"]:
+        p = record["predicted"]
+        add_row(tab, "predicted_ms", f"{p['ms']:.4f} ({p['n_layers']} layers, {p['timed_now']} timed now)")
+    if record["measured"]:
+        for key in ("median_ms", "iqr_ms", "cv", "device_name"):
+            value = record["measured"][key]
+            add_row(tab, f"measured {key}", f"{value:.4f}" if isinstance(value, float) else value)
+    add_row(tab, "protocol", json.dumps(record["protocol"]))
     console.print(tab)
 
 

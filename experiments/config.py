@@ -157,9 +157,15 @@ class DataConfig(_Section):
 
 
 class _LatencyBase(_Section):
-    """The latency protocol of every trial (the input size is the candidate's); ``enabled: false`` skips it."""
+    """The latency protocol of every trial (the input size is the candidate's); ``enabled: false`` skips it.
+
+    ``mode``: ``predicted`` (default) sums the per-layer table of this machine (measured once, quietly, and then
+    only read: the same figure on a quiet or a busy machine); ``measured`` times each candidate end to end, while
+    the trials training on this machine pause; ``both`` records both and optimises the prediction.
+    """
 
     enabled: bool = True
+    mode: Literal["predicted", "measured", "both"] = "predicted"
 
     @model_validator(mode="after")
     def _valid_protocol(self) -> _LatencyBase:
@@ -170,7 +176,7 @@ class _LatencyBase(_Section):
         return self
 
     def protocol(self, *, img_size: int) -> LatencyProtocol:
-        fields = {k: v for k, v in self.model_dump().items() if k != "enabled"}
+        fields = {k: v for k, v in self.model_dump().items() if k not in ("enabled", "mode")}
         return LatencyProtocol(img_size=img_size, **fields)
 
 

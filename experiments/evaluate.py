@@ -41,10 +41,8 @@ def _before_training(spec: ArchSpec, model: Any, cfg: SearchConfig, result: Tria
         aggregates, result.gp_layers, _ = stages.gradient_structure(model)
         result.metrics.update(aggregates)
     if cfg.latency.enabled:
-        measured = stages.time_latency(model, cfg.latency.protocol(img_size=spec.img_size))
-        result.latency = measured.to_dict()
-        result.metrics.update(latency_ms=measured.median_ms, latency_iqr_ms=measured.iqr_ms,
-                              latency_cv=measured.cv)
+        result.latency = stages.latency(model, cfg.latency.protocol(img_size=spec.img_size), cfg.latency.mode)
+        result.metrics.update(stages.latency_metrics(result.latency))
 
 
 def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, result: TrialResult,

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from gpnas.trainers.datasets import ProxyData
     from gpnas.trainers.proxy import FitResult, TrainConfig
 
-__all__ = ["build", "gradient_structure", "load_data", "measure_size", "measured_gradients", "time_latency",
-           "train"]
+__all__ = ["build", "gradient_structure", "latency", "latency_metrics", "load_data", "measure_size",
+           "measured_gradients", "time_latency", "train"]
 
 _DATA_CACHE: dict[str, Any] = {}
 
@@ -74,10 +74,39 @@ def gradient_structure(model: nn.Module, *, input_size: int = 64) -> tuple[dict[
 
 
 def time_latency(model: nn.Module, protocol: LatencyProtocol) -> LatencyResult:
-    """Latency of the fused model under ``protocol`` (serialised per machine on CPU)."""
+    """Latency of the fused model measured end to end under ``protocol`` (serialised per machine)."""
     from gpnas.objectives.latency import measure_latency
 
     return measure_latency(model, protocol)
+
+
+def latency(model: nn.Module, protocol: LatencyProtocol, mode: str = "measured") -> dict[str, Any]:
+    """Latency under ``protocol``: ``predicted`` from the machine's per-layer table, ``measured`` end to end, or
+    ``both``. -> {"mode", "protocol", "latency_ms" (the objective: the prediction when there is one),
+    "predicted": {...} or None, "measured": {...} or None}."""
+    from dataclasses import asdict
+
+    from gpnas.objectives.latency_table import LatencyTable
+
+    out: dict[str, Any] = {"mode": mode, "protocol": asdict(protocol), "predicted": None, "measured": None}
+    if mode in ("predicted", "both"):
+        table = LatencyTable.load(protocol)
+        out["predicted"] = {**asdict(table.predict(model)), "table": str(table.path)}
+    if mode in ("measured", "both"):
+        out["measured"] = time_latency(model, protocol).to_dict()
+    out["latency_ms"] = out["predicted"]["ms"] if out["predicted"] else out["measured"]["median_ms"]
+    return out
+
+
+def latency_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The metrics of a :func:`latency` record: latency_ms, and latency_pred_ms / latency_measured_ms, IQR, CV."""
+    metrics = {"latency_ms": float(record["latency_ms"])}
+    if record["predicted"]:
+        metrics["latency_pred_ms"] = float(record["predicted"]["ms"])
+    if record["measured"]:
+        m = record["measured"]
+        metrics.update(latency_measured_ms=m["median_ms"], latency_iqr_ms=m["iqr_ms"], latency_cv=m["cv"])
+    return metrics
 
 
 def train(model: nn.Module, data: ProxyData, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> FitResult:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from gpnas.search_space.errors import GpnasError
+from gpnas.trainers.device_slot import exclusive_device
 
 try:  # POSIX only; without it the CPU lock degrades to a no-op (see latency_lock).
     import fcntl
@@ -237,7 +238,8 @@ def latency_lock(path: str | os.PathLike[str] | None = None) -> Iterator[float]:
         start = time.perf_counter()
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield time.perf_counter() - start
+            with exclusive_device():  # trainers on this machine pause at their next step (device_slot.py)
+                yield time.perf_counter() - start
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 

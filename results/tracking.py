@@ -31,8 +31,8 @@ from gpnas.search_space.errors import ConfigError
 __all__ = ["MlflowTracker", "serve_ui"]
 
 _OTHER_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops", "gflops_640", "params",
-                 "params_m", "params_fused", "latency_ms", "latency_iqr_ms", "latency_cv", "train_seconds",
-                 "images_per_second", "epochs")
+                  "params_m", "params_fused", "latency_ms", "latency_pred_ms", "latency_measured_ms", "latency_iqr_ms",
+                  "latency_cv", "train_seconds", "images_per_second", "epochs")
 
 
 def _logged_metric(key: str) -> bool:

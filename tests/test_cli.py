@@ -61,4 +61,5 @@ def test_bad_inputs_are_one_paragraph_errors(tmp_path) -> None:
 def test_latency_json() -> None:
     out = _run("latency", "yolor-v3-nano", "--repeats", "3", "--warmup", "1", "--json")
     info = json.loads(out.stdout)
-    assert info["median_ms"] > 0 and info["protocol"]["img_size"] == 160
+    assert info["measured"]["median_ms"] > 0 and info["protocol"]["img_size"] == 160
+    assert info["latency_ms"] == info["measured"]["median_ms"] and info["predicted"] is None

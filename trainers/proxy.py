@@ -31,6 +31,7 @@ from torch import nn
 from gpnas.search_space.errors import ConfigError, TrainingDiverged
 from gpnas.trainers.callbacks import Callback
 from gpnas.trainers.datasets import ProxyData
+from gpnas.trainers.device_slot import TrainingSlot
 from gpnas.trainers.ema import EMA
 from gpnas.trainers.loss import LossHyp, YoloLoss
 
@@ -315,9 +316,11 @@ class ProxyTrainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.device = device
+        self._slot = TrainingSlot()  # a latency measurement on this machine pauses the steps (device_slot.py)
         try:
             return self._fit(model.to(device), data, cfg.budget if budget is None else budget)
         finally:
+            self._slot.close()
             torch.set_num_threads(old_threads)
 
     def _fit(self, model: nn.Module, data: ProxyData, budget: TrainBudget) -> FitResult:
@@ -340,10 +343,11 @@ class ProxyTrainer:
                 lr = cfg.lr * self._lr_factor(planned, budget, len(loader))
                 for group in opt.param_groups:
                     group["lr"] = lr
-                parts = self._train_step(model, loss_fn, opt, scaler, imgs.to(device), targets.to(device))
-                self.step += 1
-                images += imgs.shape[0]
-                self._emit("on_step_end", parts)
+                with self._in_slot():
+                    parts = self._train_step(model, loss_fn, opt, scaler, imgs.to(device), targets.to(device))
+                    self.step += 1
+                    images += imgs.shape[0]
+                    self._emit("on_step_end", parts)
                 timed_out = budget.max_seconds is not None and time.perf_counter() - wall_start >= budget.max_seconds
                 if timed_out or self._exhausted(budget):
                     break
@@ -363,12 +367,23 @@ class ProxyTrainer:
         self._clock = _Stopwatch()
         self._history = []
 
+    @contextmanager
+    def _in_slot(self) -> Iterator[None]:
+        """The step's share of the machine; waiting for a latency measurement is not training time."""
+        with self._clock.paused():
+            self._slot.__enter__()
+        try:
+            yield
+        finally:
+            self._slot.__exit__()
+
     def _evaluate(self) -> None:
         """One evaluation point, off the training clock: ``on_evaluate`` fills the metrics in (AP with a
         ValEvaluation), then ``on_epoch_end`` hands every callback the complete dict."""
         with self._clock.paused():
             metrics = {"epoch": float(self.epoch), "step": float(self.step), "train_seconds": self._clock.elapsed()}
-            self._emit("on_evaluate", self.eval_model, metrics)
+            with self._slot:
+                self._emit("on_evaluate", self.eval_model, metrics)
             self._history.append(metrics)
             self._emit("on_epoch_end", metrics)
 
