@@ -2,7 +2,8 @@
 
 Candidates: distinct architectures of the demo space (``--n``, default 24), drawn by a seeded random sampler.
 Protocol: the search's (``latency`` section of the demo config) at each candidate's input size; the reference is
-a quiet end-to-end measurement with 3× the repeats. Steps, all in this one process, run alone:
+a quiet end-to-end measurement with 3× the repeats, the minimum over three interleaved rounds. Steps, all in this
+one process, run alone:
 
 1. a fresh table (temporary file): calibration on the four nano presets, then every candidate's layers;
 2. quiet reference: end-to-end median per candidate;
@@ -104,7 +105,8 @@ def main() -> None:
         print(f"table: {len(table.entries)} entries (blocks), fit ms = {scale:.3f} × Σ entries + {c0:.3f}, "
               f"calibrated and built in {build_s:.0f} s")
         ref_protocol = replace(base, repeats=base.repeats * 3)
-        quiet = np.array([measure_latency(m, ref_protocol).median_ms for m in models])
+        rounds = [[measure_latency(m, ref_protocol).median_ms for m in models] for _ in range(3)]
+        quiet = np.min(np.array(rounds), axis=0)  # three interleaved rounds: noise on a shared VM only adds time
         predicted = np.array([p.ms for p in preds])
         print(f"\n{'arch_id':<14}{'block':<10}{'neck':<10}{'layers':>7}{'quiet ms':>10}{'pred ms':>10}{'err':>8}")
         for s, p, q in zip(specs, preds, quiet, strict=True):

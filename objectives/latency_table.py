@@ -9,9 +9,10 @@ a loaded machine. Hardware-aware NAS does the same with per-operator lookup tabl
   BN, an activation, a pool, an upsample, a concat, an add, the head's reshapes). Its key is the operation with
   its hyper-parameters and the shapes and dtypes of its inputs, so equal layers of different candidates share
   one entry.
-* **An entry** is the median over ``protocol.repeats`` of the mean time of a batch of calls of that layer alone,
-  on random inputs of its shapes, under the protocol's device, dtype and threads, holding the machine-wide timing
-  lock (:func:`gpnas.objectives.latency.latency_lock`).
+* **An entry** is the minimum over three rounds of the median over ``protocol.repeats`` of the mean time of a
+  batch of calls of that block alone, on random inputs of its shapes, under the protocol's device, dtype and
+  threads, holding the machine-wide timing lock (:func:`gpnas.objectives.latency.latency_lock`, which also pauses
+  the trainers of this machine).
 * **The fit** ``ms = scale × Σ entries + c0`` is fitted by least squares on the end-to-end measurements of the
   calibration networks (the four nano presets at widths 0.0625 and 0.125), once per table. ``c0`` is what calling
   the network costs beyond its blocks; ``scale`` (measured ≈ 1.2–1.3 on CPU) is what a block costs more inside a
@@ -55,6 +56,9 @@ CALIBRATION = ("yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-
 CALIBRATION_WIDTHS = (0.0625, 0.125)
 _TABLE_VERSION = 1
 _MIN_REPEAT_SECONDS = 2e-4  # a timed repeat of one layer lasts at least this long (timer and loop noise)
+#: Each entry (and each calibration network) is the minimum over this many rounds of median timings: on a shared
+#: machine noise only ever adds time, and a burst of it then spoils one round, not the table.
+_ROUNDS = 3
 
 
 def cache_dir() -> Path:
@@ -278,9 +282,12 @@ class LatencyTable:
         missing = {layer.key: layer for layer in layers if layer.key not in self.entries}
         if not missing:
             return 0
+        runs = {key: layer.build() for key, layer in missing.items()}
         with _timing_conditions(self.protocol) as sync:
-            for key, layer in missing.items():
-                self.entries[key] = _time_layer(layer.build(), self.protocol, sync)
+            for _ in range(_ROUNDS):  # rounds over all missing entries: a burst of noise hits one round of each
+                for key, run in runs.items():
+                    ms = _time_layer(run, self.protocol, sync)
+                    self.entries[key] = min(ms, self.entries.get(key, math.inf))
         return len(missing)
 
     def layers_sum(self, model: nn.Module, img_size: int | None = None) -> tuple[float, int, int]:
@@ -301,7 +308,8 @@ class LatencyTable:
             for width in CALIBRATION_WIDTHS:
                 model = build_detector(get_preset(name).replace(width_multiple=width))
                 total, _, _ = self.layers_sum(model)
-                rows.append((total, measure_latency(model, reference).median_ms))
+                quiet = min(measure_latency(model, reference).median_ms for _ in range(_ROUNDS))
+                rows.append((total, quiet))
         a = np.array([[total, 1.0] for total, _ in rows])
         coef, *_ = np.linalg.lstsq(a, np.array([measured for _, measured in rows]), rcond=None)
         self.overhead = (float(coef[0]), float(coef[1]))
