@@ -80,6 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--img", type=int, default=None, help="input size (default: the demo space's, 160)")
     args = parser.parse_args()
 
     from gpnas.experiments.config import load_config
@@ -87,8 +89,8 @@ def main() -> None:
     from gpnas.objectives.latency_table import LatencyTable
     from gpnas.search_space.builder import build_detector
 
-    cfg = load_config("demo", [f"latency.device={args.device}"])
-    specs = candidates(args.n)
+    cfg = load_config("demo", [f"latency.device={args.device}", f"latency.dtype={args.dtype}"])
+    specs = [s.replace(img_size=args.img) if args.img else s for s in candidates(args.n)]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"gpnas latency predictor · {time.strftime('%Y-%m-%d %H:%M')} · commit {commit} · {cpu_name()}, "
           f"{os.cpu_count()} cores · torch {__import__('torch').__version__} · Python {platform.python_version()}")

@@ -96,3 +96,13 @@ def test_gpnas_latency_both_prints_both_figures(tmp_path: Path) -> None:
     assert info["predicted"]["ms"] > 0 and info["measured"]["median_ms"] > 0
     assert info["latency_ms"] == info["predicted"]["ms"] and info["mode"] == "both"
     assert Path(info["predicted"]["table"]).is_file()
+
+
+@pytest.mark.gpu
+def test_cuda_table_with_fp16_predicts_and_reuses_its_entries(tmp_path: Path) -> None:
+    protocol = LatencyProtocol(device="cuda", dtype="fp16", img_size=160, warmup=2, repeats=3, iters_per_repeat=2)
+    table = LatencyTable(protocol, path=tmp_path / "cuda.json")
+    model = build_detector(get_preset("yolor-elan-nano"))
+    pred = table.predict(model)  # calibrates on CUDA (events + synchronize) first
+    assert pred.ms > 0 and pred.timed_now > 0 and table.fingerprint["device_type"] == "cuda"
+    assert LatencyTable.load(protocol, table.path).predict(model).timed_now == 0
