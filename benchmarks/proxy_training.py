@@ -25,7 +25,8 @@ from gpnas.search_space.builder import build_detector
 from gpnas.search_space.presets import get_preset
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.loss import YoloLoss
-from gpnas.trainers.proxy import ProxyTrainer, TrainConfig
+from gpnas.trainers.proxy import ProxyTrainer
+from gpnas.trainers.train_config import TrainConfig
 
 FAMILIES = ("yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-nano")
 

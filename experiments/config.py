@@ -21,7 +21,7 @@ from gpnas.objectives.latency import LatencyProtocol
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import SearchInfo
 from gpnas.search_space.errors import ConfigError
-from gpnas.trainers.proxy import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainConfig, budget_label
+from gpnas.trainers.train_config import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainConfig, budget_label
 
 __all__ = ["CONFIG_SCHEMA_VERSION", "DIGITS_N_TRAIN", "DIGITS_N_VAL", "MAX_CONFIG_BYTES", "PROXY_STEPS",
            "TRIAL_MAX_SECONDS", "DataConfig", "SearchConfig", "apply_override", "budget_label", "load_config",

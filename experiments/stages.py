@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from gpnas.objectives.latency import LatencyProtocol, LatencyResult
     from gpnas.trainers.callbacks import Callback
     from gpnas.trainers.datasets import ProxyData
-    from gpnas.trainers.proxy import FitResult, TrainConfig
+    from gpnas.trainers.proxy import FitResult
+    from gpnas.trainers.train_config import TrainConfig
 
 __all__ = ["build", "gradient_structure", "latency", "latency_metrics", "load_data", "measure_size",
            "measured_gradients", "time_latency", "train"]

@@ -60,7 +60,7 @@ def train_candidate(
 
     from gpnas.experiments import stages
     from gpnas.trainers.callbacks import ProgressBar
-    from gpnas.trainers.proxy import TrainConfig
+    from gpnas.trainers.train_config import TrainConfig
 
     img = img or spec.img_size
     if img != spec.img_size:

@@ -32,7 +32,8 @@ from gpnas.trainers.postprocess import non_max_suppression
 
 if TYPE_CHECKING:
     from gpnas.trainers.datasets import ProxyData
-    from gpnas.trainers.proxy import ProxyTrainer, TrainConfig
+    from gpnas.trainers.proxy import ProxyTrainer
+    from gpnas.trainers.train_config import TrainConfig
 
 METRIC_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 

@@ -46,7 +46,7 @@ def test_bad_config_errors_name_the_key(overrides: list[str], needle: str) -> No
 
 def test_search_train_defaults_match_the_benchmarked_proxy_trainer() -> None:
     from gpnas.experiments.config import SearchConfig
-    from gpnas.trainers.proxy import TrainConfig
+    from gpnas.trainers.train_config import TrainConfig
 
     search, trainer = SearchConfig(name="x").train, TrainConfig()
     assert (search.batch_size, search.optimizer, search.lr) == (trainer.batch_size, trainer.optimizer, trainer.lr)

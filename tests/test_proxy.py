@@ -18,7 +18,8 @@ from gpnas.trainers.callbacks import Callback, EarlyStopping
 from gpnas.trainers.data import build_digits_dataset
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.ema import EMA, ModelEMA
-from gpnas.trainers.proxy import PROXY_STEPS, TRIAL_MAX_SECONDS, FitResult, ProxyTrainer, TrainBudget, TrainConfig
+from gpnas.trainers.proxy import FitResult, ProxyTrainer
+from gpnas.trainers.train_config import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainBudget, TrainConfig
 
 IMG = 64  # the 160-px digits letterboxed down: a step takes ~20 ms, so every test here is a few seconds
 

@@ -1,0 +1,179 @@
+"""The configuration of proxy training: :class:`TrainConfig` (optimiser, schedule, evaluation, device and the
+budget) — also the ``train`` section of every search config — :class:`TrainBudget`, and the defaults behind them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from gpnas.search_space.errors import ConfigError
+from gpnas.trainers.loss import LossHyp
+
+__all__ = ["PROXY_HYP", "PROXY_STEPS", "TRIAL_MAX_SECONDS", "TrainBudget", "TrainConfig", "budget_label"]
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The default proxy budget, in optimiser steps (a work budget: the same AP on a quiet or a loaded machine), for
+#: searches and `gpnas train`; benchmarks/proxy_fidelity.py measures how far its ranking agrees with longer training.
+PROXY_STEPS = 300
+#: The default wall-clock cap of one trial's training (a safety: a trial past it is recorded as ``timeout``).
+TRIAL_MAX_SECONDS = 1800.0
+
+#: Loss gains for short proxy runs. YOLOv5's rescaling (cls × nc/80, obj × (img/640)²) keeps per-logit gradients
+#: equal to a 640-px, 80-class run, but with AdamW only the *balance* between the terms reaches the shared
+#: backbone, and at 10 classes the class term is then too weak: after ~600 steps yolor-elan-nano located digits
+#: well (class-agnostic AP50 0.81–0.93) but named them poorly (class-aware AP50 0.09). Class gain 4.0 (an
+#: effective 0.5 at 10 classes, YOLOv5's 80-class value) took it to AP50 0.36–0.40 at 600 steps (2.0: 0.12–0.30,
+#: 8.0: 0.17; raising obj or box with it hurt: obj 4.0 0.21, box 0.1 0.11). Box and objectness stay YOLOv5's.
+PROXY_HYP = LossHyp(cls=4.0)
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """Stop at whichever comes first. At least one of epochs, steps, seconds must be set.
+
+    ``steps`` and ``epochs`` are work budgets: the same spec, seed and budget give the same weights (and AP) on a
+    quiet or a loaded machine. ``seconds`` counts training time (data loading, steps, callbacks), not the
+    evaluations of the val split — "AP at equal compute", which depends on the machine and its load.
+    ``max_seconds`` is a safety, not a budget: wall time (evaluations included) after which the run stops,
+    evaluates what it has and reports ``timed_out``.
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.steps is None and self.seconds is None:
+            raise ConfigError("no training budget: set at least one of train.steps, train.epochs or train.seconds")
+        # The keys are spelled out, not built from the field name, so a test can check each names a real field.
+        for key in ("train.epochs", "train.steps", "train.seconds", "train.max_seconds"):
+            value = getattr(self, key.removeprefix("train."))
+            if value is not None and not (_is_number(value) and value > 0):
+                raise ConfigError(f"{key} must be positive, got {value!r}; give a positive number, or null to "
+                                  "leave this limit out")
+
+
+def budget_label(*, steps: float | None = None, epochs: float | None = None, seconds: float | None = None,
+                 **_: Any) -> str:
+    """A training budget in words: ``300 steps``, ``2 epochs or 60 seconds``."""
+    parts = [f"{v:g} {k}" for k, v in (("steps", steps), ("epochs", epochs), ("seconds", seconds)) if v is not None]
+    return " or ".join(parts)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Budget, optimiser, schedule and evaluation settings of proxy training: the ``train`` section of a search
+    config (unknown keys are refused when pydantic validates it; messages name the keys as ``train.<key>``).
+
+    Budget: ``steps``, ``epochs``, ``seconds``, whichever comes first (see :class:`TrainBudget`, which
+    :attr:`budget` returns); with none of the three the budget is :data:`PROXY_STEPS` steps, so giving only
+    ``epochs`` or ``seconds`` replaces the default step budget rather than adding to it. ``max_seconds`` is the
+    wall-clock cap (default :data:`TRIAL_MAX_SECONDS`; ``None``: no cap). ``dataclasses.replace`` keeps the
+    other budget fields: ``replace(cfg, epochs=3)`` still holds ``steps``, so clear it there if meant.
+
+    The LR follows a linear warm-up over ``warmup_fraction`` of the planned steps, then a cosine down to
+    ``final_lr_fraction`` × ``lr``; for a pure time budget the plan is re-estimated from the measured step
+    rate. ``ema_tau`` is the number of updates over which the EMA decay ramps up to ``ema_decay``.
+
+    Measured on yolor-elan-nano, digits, 2 CPU cores (AP50 after the same number of images, ~5 epochs):
+    batch 16 beats 32 (0.089 vs 0.061 with the old gains; 16 runs at ~115 img/s vs ~123, so about twice the
+    updates per second), and 8 loses per second (~84 img/s: 0.45 vs 0.54 in 90 s). AdamW beats SGD (lr 0.02:
+    0.03). lr 0.008 ≈ 0.004 (0.41 vs 0.40). EMA on or off makes no measurable difference at this length
+    (0.089 vs 0.093). Gradient clipping at 10 matters: without it 0.16 instead of 0.40. torch's default
+    threads (2 here) run at ~120 img/s against ~77 for one thread; channels-last is slower (~101). These are
+    single runs: at 90 s the seed alone moves AP50 by up to ~0.1, so smaller differences above are not resolved.
+    lr 0.002 with 15 % warm-up was worse on all three seeds of yolor-csp-nano (AP50 0.33/0.39/0.22 vs 0.47 for
+    seed 0 at the defaults). Per-step time is the model's (the loss is ~3 % and the cached loader ~1 %).
+
+    ``conf_thres``, ``iou_thres`` and ``max_det`` are read by ``gpnas.objectives.accuracy.val_evaluation``;
+    ``ema`` makes :class:`ProxyTrainer` add the :class:`~gpnas.trainers.ema.EMA` callback.
+    """
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # a plain dict: no pydantic import here
+
+    epochs: int | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    max_seconds: float | None = TRIAL_MAX_SECONDS
+    batch_size: int = 16
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 0.004
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.05
+    final_lr_fraction: float = 0.05
+    amp: bool = True
+    ema: bool = True
+    ema_decay: float = 0.999
+    ema_tau: float = 200.0
+    grad_clip: float | None = 10.0
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+    eval_every: int = 1
+    conf_thres: float = 0.001
+    iou_thres: float = 0.6
+    max_det: int = 100
+    hyp: LossHyp = PROXY_HYP
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.steps is None and self.seconds is None:
+            object.__setattr__(self, "steps", PROXY_STEPS)  # frozen: the default budget is filled in once
+        self.budget  # noqa: B018 -- TrainBudget checks that each limit is positive
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"train.optimizer {self.optimizer!r}: choose 'sgd' or 'adamw'")
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"train.device must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got "
+                              f"{self.device!r}")
+        for key, ok, rule in self._rules():
+            if not ok:
+                default = TrainConfig.__dataclass_fields__[key].default
+                raise ConfigError(f"train.{key} must be {rule}, got {getattr(self, key)!r} (the default is "
+                                  f"{default!r})")
+
+    def _rules(self) -> Iterator[tuple[str, bool, str]]:
+        """(key, value is allowed, the rule in words) for every number of the section, in field order."""
+        num = _is_number
+
+        def whole(v: Any, low: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        yield "batch_size", whole(self.batch_size, 1), ">= 1 (images per step)"
+        yield "lr", num(self.lr) and self.lr > 0, "positive"
+        yield "momentum", num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1) (SGD momentum, AdamW beta1)"
+        yield "weight_decay", num(self.weight_decay) and self.weight_decay >= 0, ">= 0"
+        yield "warmup_fraction", num(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, \
+            "in [0, 1) (the share of the planned steps spent warming up)"
+        yield "final_lr_fraction", num(self.final_lr_fraction) and 0 <= self.final_lr_fraction <= 1, \
+            "in [0, 1] (the last LR as a share of train.lr)"
+        yield "ema_decay", num(self.ema_decay) and 0 <= self.ema_decay < 1, "in [0, 1)"
+        yield "ema_tau", num(self.ema_tau) and self.ema_tau > 0, "> 0 (updates)"
+        yield "grad_clip", self.grad_clip is None or (num(self.grad_clip) and self.grad_clip > 0), \
+            "a positive gradient norm, or null for no clipping"
+        yield "threads", self.threads is None or whole(self.threads, 1), \
+            "an integer >= 1, or null for the search's budget.cpu (torch's default outside a search)"
+        yield "eval_every", whole(self.eval_every, 1), ">= 1 (epochs)"
+        yield "conf_thres", num(self.conf_thres) and 0 < self.conf_thres <= 1, "in (0, 1] (a score threshold)"
+        yield "iou_thres", num(self.iou_thres) and 0 < self.iou_thres <= 1, "in (0, 1] (the NMS IoU threshold)"
+        yield "max_det", whole(self.max_det, 1), "an integer >= 1 (detections kept per image)"
+
+    @property
+    def budget(self) -> TrainBudget:
+        """The four budget fields as a :class:`TrainBudget`."""
+        return TrainBudget(epochs=self.epochs, steps=self.steps, seconds=self.seconds, max_seconds=self.max_seconds)
+
+    def budget_label(self) -> str:
+        """The budget in words: ``300 steps``, ``2 epochs or 60 seconds``."""
+        return budget_label(steps=self.steps, epochs=self.epochs, seconds=self.seconds)
