@@ -49,7 +49,7 @@ from gpnas.objectives.latency import LatencyProtocol, cpu_name, latency_lock, me
 from gpnas.search_space.modules.common import MaskedAdd
 
 __all__ = ["CALIBRATION", "CALIBRATION_WIDTHS", "LatencyTable", "Prediction", "cache_dir", "fingerprint",
-           "layer_calls", "predict_latency"]
+           "layer_calls"]
 
 #: The networks whose end-to-end latency fits scale and overhead (at the protocol's input size), each at these widths.
 CALIBRATION = ("yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-nano")
@@ -190,8 +190,7 @@ def layer_calls(model: nn.Module, protocol: LatencyProtocol) -> list[Layer]:
 
     device = _resolve_device(protocol)
     work, x = _prepare(model, protocol, device)
-    tracer = _Tracer()
-    gm = fx.GraphModule(tracer.root if hasattr(tracer, "root") else work, tracer.trace(work))
+    gm = fx.GraphModule(work, _Tracer().trace(work))
     with torch.inference_mode():
         _ValueProp(gm).propagate(x)
     return [layer for node in gm.graph.nodes if (layer := _node_layer(gm, node, device)) is not None]
@@ -290,10 +289,9 @@ class LatencyTable:
                     self.entries[key] = min(ms, self.entries.get(key, math.inf))
         return len(missing)
 
-    def layers_sum(self, model: nn.Module, img_size: int | None = None) -> tuple[float, int, int]:
+    def layers_sum(self, model: nn.Module) -> tuple[float, int, int]:
         """(sum of the entries in ms, number of layers, entries timed now) of ``model``."""
-        protocol = self.protocol if img_size is None else _with_size(self.protocol, img_size)
-        layers = layer_calls(model, protocol)
+        layers = layer_calls(model, self.protocol)
         timed = self._ensure(layers)
         return float(sum(self.entries[layer.key] for layer in layers)), len(layers), timed
 
@@ -325,14 +323,3 @@ class LatencyTable:
             self.save()
         return Prediction(ms=scale * total + overhead, layers_ms=total, scale=scale, overhead_ms=overhead,
                           n_layers=n_layers, timed_now=timed)
-
-
-def _with_size(protocol: LatencyProtocol, img_size: int) -> LatencyProtocol:
-    return replace(protocol, img_size=img_size)
-
-
-def predict_latency(model: nn.Module, protocol: LatencyProtocol, path: Path | None = None) -> Prediction:
-    """Predicted latency of ``model`` under ``protocol``, from (and into) the machine's shared table."""
-    table = LatencyTable.load(protocol, path)
-    prediction = table.predict(model)
-    return prediction
