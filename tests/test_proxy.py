@@ -118,6 +118,24 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(data: ProxyData) 
     assert [m["epoch"] for m in rec.metrics] == [2.0, 3.0]
 
 
+def test_eval_steps_are_evaluation_points_and_a_stop_there_ends_the_fit(data: ProxyData) -> None:
+    rec = Recorder()  # 4 steps per epoch at batch 8: steps 2 and 4 (= the epoch end, evaluated once) and 6
+    ProxyTrainer(TrainConfig(batch_size=8, eval_steps=(2, 4, 6)), [rec]).fit(_model(), data, TrainBudget(steps=8))
+    assert [m["step"] for m in rec.metrics] == [2.0, 4.0, 6.0, 8.0]
+
+    class StopAtSix(Callback):  # as successive halving does at a rung
+        def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
+            trainer.should_stop = metrics["step"] == 6
+
+    stopped = Recorder()
+    result = ProxyTrainer(TrainConfig(batch_size=8, eval_steps=(2, 6)), [StopAtSix(), stopped]).fit(
+        _model(), data, TrainBudget(steps=12))
+    assert result.steps == 6 and result.stopped_early
+    assert [m["step"] for m in stopped.metrics] == [2.0, 4.0, 6.0]
+    with pytest.raises(ConfigError, match=r"train\.eval_steps"):
+        TrainConfig(eval_steps=(0,))
+
+
 def test_seconds_budget_counts_training_time_only(data: ProxyData) -> None:
     result = ProxyTrainer(TrainConfig(batch_size=8)).fit(_model(), data, TrainBudget(seconds=1.5))
     assert result.steps >= 1 and result.epochs >= 1

@@ -174,6 +174,7 @@ class ProxyTrainer:
         opt = self._optimizer(model)
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
         planned = self._planned_steps(budget, len(loader))
+        eval_at = frozenset(cfg.eval_steps)
         self._start(model)
         images, timed_out, wall_start = 0, False, time.perf_counter()
         self._emit("on_fit_start")
@@ -188,6 +189,10 @@ class ProxyTrainer:
                     self.step += 1
                     images += imgs.shape[0]
                     self._emit("on_step_end", parts)
+                if self.step in eval_at:
+                    self._evaluate()
+                    if self.should_stop:  # stopped at a rung: no more steps this epoch
+                        break
                 timed_out = budget.max_seconds is not None and time.perf_counter() - wall_start >= budget.max_seconds
                 if timed_out or self._exhausted(budget):
                     break
@@ -219,7 +224,9 @@ class ProxyTrainer:
 
     def _evaluate(self) -> None:
         """One evaluation point, off the training clock: ``on_evaluate`` fills the metrics in (AP with a
-        ValEvaluation), then ``on_epoch_end`` hands every callback the complete dict."""
+        ValEvaluation), then ``on_epoch_end`` hands every callback the complete dict. At most one per step."""
+        if self._history and self._history[-1]["step"] == self.step:
+            return
         with self._clock.paused():
             metrics = {"epoch": float(self.epoch), "step": float(self.step), "train_seconds": self._clock.elapsed()}
             with self._slot:

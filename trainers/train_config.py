@@ -97,6 +97,9 @@ class TrainConfig:
     lr 0.002 with 15 % warm-up was worse on all three seeds of yolor-csp-nano (AP50 0.33/0.39/0.22 vs 0.47 for
     seed 0 at the defaults). Per-step time is the model's (the loss is ~3 % and the cached loader ~1 %).
 
+    Evaluation points: the end of every ``eval_every``-th epoch, every step count in ``eval_steps`` (the
+    rungs of successive halving, set by the search), and the end of training; never twice at one step.
+
     ``conf_thres``, ``iou_thres`` and ``max_det`` are read by ``gpnas.objectives.accuracy.val_evaluation``;
     ``ema`` makes :class:`ProxyTrainer` add the :class:`~gpnas.trainers.ema.EMA` callback.
     """
@@ -123,6 +126,7 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     eval_every: int = 1
+    eval_steps: tuple[int, ...] = ()
     conf_thres: float = 0.001
     iou_thres: float = 0.6
     max_det: int = 100
@@ -165,6 +169,8 @@ class TrainConfig:
         yield "threads", self.threads is None or whole(self.threads, 1), \
             "an integer >= 1, or null for the search's budget.cpu (torch's default outside a search)"
         yield "eval_every", whole(self.eval_every, 1), ">= 1 (epochs)"
+        yield "eval_steps", isinstance(self.eval_steps, (tuple, list)) and all(whole(s, 1) for s in self.eval_steps), \
+            "a list of step counts >= 1 (extra evaluation points, e.g. successive-halving rungs)"
         yield "conf_thres", num(self.conf_thres) and 0 < self.conf_thres <= 1, "in (0, 1] (a score threshold)"
         yield "iou_thres", num(self.iou_thres) and 0 < self.iou_thres <= 1, "in (0, 1] (the NMS IoU threshold)"
         yield "max_det", whole(self.max_det, 1), "an integer >= 1 (detections kept per image)"
