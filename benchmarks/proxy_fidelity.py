@@ -28,7 +28,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from gpnas.experiments.fidelity import FidelityPlan, panel, plan_from_panel, run_plan, scaled
+from gpnas.experiments.fidelity import panel, plan_from_panel, scaled
+from gpnas.experiments.retrain import FidelityPlan, run_plan
 from gpnas.results.fidelity_report import analyze, markdown
 
 
