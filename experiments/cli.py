@@ -180,13 +180,18 @@ def pareto(
     if as_json:
         _print_json(rows)
         return
-    cols = ("trial", "arch_id", "ap", "ap50", "gflops", "latency_ms", "run_id")
-    tab = table(*cols, title=f"Pareto front of {cfg.name}")
+    refined = any(r["refined"] for r in rows)
+    cols = ("trial", "arch_id", "ap ± sd (seeds)" if refined else "ap", "ap50", "gflops", "latency_ms", "run_id")
+    title = f"{'Refined ' if refined else ''}Pareto front of {cfg.name}"
+    tab = table(*cols, title=title)
     for r in rows:
         lat = r["latency_ms"]
-        add_row(tab, r["trial_id"], r["arch_id"], f"{r['ap']:.4f}", f"{r['ap50']:.4f}", f"{r['gflops']:.4f}",
+        ap = f"{r['ap']:.4f} ± {r['ap_sd']:.4f} ({len(r['seeds'])})" if r["refined"] else f"{r['ap']:.4f}"
+        add_row(tab, r["trial_id"], r["arch_id"], ap, f"{r['ap50']:.4f}", f"{r['gflops']:.4f}",
                 "-" if lat is None else f"{lat:.3f}", r["run_id"] or "-")
     console.print(tab)
+    if refined:
+        say("AP is the mean over the refinement seeds at the larger budget (the search's own: ap_proxy in --json)")
 
 
 @app.command()
@@ -249,6 +254,30 @@ def fidelity(
         _print_json(report)
         return
     print_fidelity(report)
+
+
+@app.command()
+def refine(
+    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    top: Annotated[int | None, typer.Option(help="Non-dominated ranks to refine (1: the front; default: the "
+                                                 "config's refine.top, else 1).")] = None,
+    budget_multiplier: Annotated[float | None, typer.Option(help="Refined budget = this × the trial budget.")]
+    = None,
+    seeds: Annotated[int | None, typer.Option(help="Training seeds per refined trial.")] = None,
+    max_trials: Annotated[int | None, typer.Option(help="The most trials refined.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Runs at once (default: budget.max_concurrent).")] = None,
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Record in the study only.")] = False,
+) -> None:
+    """Retrain the front at a larger budget with several seeds; the front shown and exported becomes the refined
+    one (mean ± sd AP). A killed refinement continues where it stopped."""
+    from gpnas.experiments.search_api import open_search
+    from gpnas.experiments.search_api import refine as refine_front
+
+    _, cfg = open_search(search, root)
+    refine_front(search, root=root, console=console, mlflow=not no_mlflow,
+                 top=top if top is not None else (cfg.refine.top or 1), budget_multiplier=budget_multiplier,
+                 seeds=seeds, max_trials=max_trials, workers=workers)
 
 
 @app.command()

@@ -193,25 +193,76 @@ LatencySection = _section_of(LatencyProtocol, _LatencyBase, exclude=("img_size",
 
 
 class EarlyStoppingConfig(_Section):
-    asha: bool = False
-    grace_period: int = 1
-    reduction_factor: int = 2
+    """Asynchronous successive halving inside Ray Tune (:mod:`gpnas.experiments.successive_halving`).
 
-    @field_validator("grace_period")
+    ``type``: ``none`` (every candidate trains its whole budget), ``asha`` (rank at each rung by AP alone) or
+    ``mo-asha`` (rank by Pareto rank on the search's objectives with AP taken at the rung, ties by hypervolume
+    contribution). Rungs at budget/η, budget/η², ... (η = ``reduction_factor``, rounded) down to ``min_budget``,
+    in the trainer's work unit (``train.steps``, else ``train.epochs``); at each rung a trial continues when it
+    is in the top 1/η of the trials seen there. ``min_budget`` null: budget/η² (two rungs).
+    """
+
+    type: Literal["none", "asha", "mo-asha"] = "none"
+    min_budget: int | None = None
+    reduction_factor: int = 3
+
+    @model_validator(mode="before")
     @classmethod
-    def _grace(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("early_stopping.grace_period must be at least 1 (evaluations before a trial may be "
-                             "stopped)")
+    def _old_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("asha" in data or "grace_period" in data):
+            old = data.get("asha")
+            kind = "none" if old is False else "asha (AP only) or mo-asha (Pareto rank)"
+            raise ValueError(f"early_stopping.asha and early_stopping.grace_period were replaced: write "
+                             f"early_stopping.type: {kind}, with early_stopping.min_budget (the first rung, in "
+                             "train.steps or train.epochs; grace_period counted epochs) and "
+                             "early_stopping.reduction_factor")
+        return data
+
+    @field_validator("min_budget")
+    @classmethod
+    def _min_budget(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("early_stopping.min_budget must be at least 1 (the first rung, in train.steps or "
+                             "train.epochs), or null for the budget / reduction_factor²")
         return v
 
     @field_validator("reduction_factor")
     @classmethod
     def _reduction(cls, v: int) -> int:
         if v < 2:
-            raise ValueError("early_stopping.reduction_factor must be at least 2 (ASHA keeps 1 in this many "
-                             "trials at each rung)")
+            raise ValueError("early_stopping.reduction_factor must be at least 2 (successive halving keeps 1 in "
+                             "this many trials at each rung)")
         return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.type != "none"
+
+
+class RefineConfig(_Section):
+    """Retrain the front after the search (``gpnas refine`` on a finished one): the trials of the first ``top``
+    non-dominated ranks (0: off; 1: the front; 2: the front and the rank behind it), at most ``max_trials`` of
+    them, each for ``budget_multiplier`` × the trial budget with ``seeds`` seeds (the search's seed and the next
+    ones). The refined front (mean AP over the seeds) is what ``gpnas pareto`` and ``gpnas export`` show."""
+
+    top: int = 0
+    budget_multiplier: float = 2.0
+    seeds: int = 2
+    max_trials: int = 6
+
+    @model_validator(mode="after")
+    def _valid(self) -> RefineConfig:
+        if self.top < 0:
+            raise ValueError("refine.top must be >= 0 (0: no refinement; 1: the front; 2: the front and the "
+                             "rank behind it)")
+        if not (self.budget_multiplier >= 1 and math.isfinite(self.budget_multiplier)):
+            raise ValueError(f"refine.budget_multiplier must be >= 1 (the refined budget as a multiple of "
+                             f"train's), got {self.budget_multiplier}")
+        if self.seeds < 1:
+            raise ValueError("refine.seeds must be >= 1 (training seeds per refined trial; 2 or more give a spread)")
+        if self.max_trials < 1:
+            raise ValueError("refine.max_trials must be >= 1 (the most trials refined)")
+        return self
 
 
 class StorageConfig(_Section):
@@ -248,6 +299,7 @@ class SearchConfig(_Section):
     train: TrainConfig = TrainConfig()
     latency: LatencySection = LatencySection()  # type: ignore[valid-type]
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    refine: RefineConfig = RefineConfig()
     storage: StorageConfig = StorageConfig()
     gradient_path: GradientPathConfig = GradientPathConfig()
     ray_address: str | None = None
@@ -282,6 +334,35 @@ class SearchConfig(_Section):
         if timed and not self.latency.enabled:
             raise ValueError(f"objectives include {', '.join(timed)} but latency.enabled is false")
         return self
+
+    @model_validator(mode="after")
+    def _rungs_fit(self) -> SearchConfig:
+        if self.early_stopping.enabled:
+            self.rungs()
+        return self
+
+    def rungs(self) -> tuple[str, tuple[int, ...]]:
+        """(work unit, rung budgets) of successive halving: ``("steps", (33, 100))`` for 300 steps, eta 3."""
+        es, train = self.early_stopping, self.train
+        unit, total = ("steps", train.steps) if train.steps is not None else ("epochs", train.epochs)
+        if total is None:
+            raise ValueError(f"early_stopping.type {es.type} needs a work budget to place its rungs: set "
+                             "train.steps or train.epochs (train.seconds alone is a time budget)")
+        eta = es.reduction_factor
+        lowest = es.min_budget if es.min_budget is not None else max(1, total // eta**2)
+        budgets: list[int] = []
+        k = 1
+        while round(total / eta**k) >= max(1, lowest) and round(total / eta**k) not in budgets:
+            budgets.insert(0, round(total / eta**k))
+            k += 1
+        if not budgets:
+            raise ValueError(f"early_stopping.min_budget {lowest} leaves no rung below the trial budget "
+                             f"(train.{unit}={total}, reduction_factor {eta}: the highest rung would be "
+                             f"{total / eta:g}); lower min_budget or reduction_factor, or raise train.{unit}")
+        if unit == "epochs" and any(b % train.eval_every for b in budgets):
+            raise ValueError(f"the rungs {budgets} (epochs) must be evaluation points: set train.eval_every to 1 "
+                             f"(now {train.eval_every}) or choose min_budget as a multiple of it")
+        return unit, tuple(budgets)
 
     def directions(self) -> list[Direction]:
         return directions(self.objectives)

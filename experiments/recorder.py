@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.text import Text
 
 from gpnas.experiments.config import SearchConfig
+from gpnas.experiments.successive_halving import SuccessiveHalving
 from gpnas.objectives.definitions import constraint_values
 from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder
@@ -43,31 +44,76 @@ class Recorder:
         self.best_ap = float("nan")
         self.loaded = 0
         self.internal_error: str | None = None
+        self.asked: dict[str, Any] = {}  # Tune trial id -> its open Optuna trial
+        self.evaluations: dict[str, list[dict[str, float]]] = {}  # Tune trial id -> its reported evaluations
+        self.rung_log: dict[str, list[dict[str, Any]]] = {}  # Tune trial id -> its rung decisions
+        self.halving: SuccessiveHalving | None = None
+        self.unit = "step"
+        if cfg.early_stopping.enabled:
+            unit, budgets = cfg.rungs()
+            self.unit = unit.removesuffix("s")  # the key of the reported metrics: step / epoch
+            self.halving = SuccessiveHalving(budgets, cfg.early_stopping.reduction_factor, cfg.objectives,
+                                             mode="ap" if cfg.early_stopping.type == "asha" else "mo")
 
     def __getstate__(self) -> dict[str, Any]:  # never leaves the driver (holds a console and a tracker)
         return {}
 
     def load(self, recs: list[TrialRecord]) -> None:
+        """What the study already holds: results to reuse, and the rung decisions taken (kept on resume)."""
         for r in recs:
             if r.result is not None and r.state in ("complete", "infeasible"):
                 self.by_arch.setdefault(r.result.arch_id, r.result)
                 self.ended.append(r.result)
+            if self.halving is not None and r.arch_id:
+                for d in r.rungs:
+                    if d["rung"] < len(self.halving.budgets) and d["budget"] == self.halving.budgets[d["rung"]]:
+                        self.halving.restore(r.arch_id, d["rung"], d["values"], d["violation"], d["decision"],
+                                             d.get("position", 0), d.get("seen", 1))
         self.loaded = len(self.ended)
+
+    def rung_reached(self, trial_id: str, result: dict[str, Any]) -> str | None:
+        """Successive halving: the decision ("promote" / "stop") when ``result`` is a rung evaluation, else None.
+        The decision is written to the trial's study row at once, so a killed search keeps it."""
+        if self.halving is None or "ap" not in result or result.get("gpnas_result"):
+            return None
+        rung = self.halving.rung_of(result.get(self.unit, -1.0))
+        ot_trial = self.asked.get(trial_id)
+        if rung is None or ot_trial is None:
+            return None
+        arch_id = ot_trial.user_attrs.get("arch_id", trial_id)
+        values = [float(result.get(o, float("nan"))) for o in self.cfg.objectives]
+        violated = constraint_values(self.cfg.constraints.model_dump(), result)
+        violation = sum(v for v in violated.values() if v > 0)
+        entry = self.halving.decide(arch_id, rung, values, violation)
+        log = self.rung_log.setdefault(trial_id, [])
+        log.append({"rung": rung, "budget": self.halving.budgets[rung], "ap": float(result["ap"]),
+                    **entry.to_dict()})
+        ot_trial.set_user_attr("rungs", json.dumps(log))
+        return entry.decision
 
     def cached(self, arch_id: str) -> TrialResult | None:
         return self.by_arch.get(arch_id)
 
     def progress(self, trial_id: str, result: dict[str, Any]) -> None:
         self.running[trial_id] = time.time()
+        if "ap" in result and not result.get("gpnas_result"):
+            self.evaluations.setdefault(trial_id, []).append(_evaluation(result))
+
+    def _stopped_at_rung(self, trial_id: str) -> dict[str, Any] | None:
+        log = self.rung_log.get(trial_id) or []
+        return log[-1] if log and log[-1]["decision"] == "stop" else None
 
     def finish(self, study: Any, ot_trial: Any, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         self.running.pop(trial_id, None)
-        if not (result or {}).get("gpnas_result") and not error and \
-                (self.internal_error is not None or not self.cfg.early_stopping.asha):
-            # stopped before it reported its result, not by ASHA: the search is stopping (Ctrl-C, or another
-            # trial hit a bug). Left RUNNING; the runner re-queues it (interrupted), so no half result is told.
+        self.asked.pop(trial_id, None)
+        if not (result or {}).get("gpnas_result") and not error and self._stopped_at_rung(trial_id) is None:
+            # stopped before it reported its result, not by successive halving: the search is stopping (Ctrl-C,
+            # or another trial hit a bug). Left RUNNING; the runner re-queues it (interrupted), so no half
+            # result is told (its rung decisions stay in the study).
             return
-        tr = self._parse(ot_trial, result, error)
+        tr = self._parse(ot_trial, trial_id, result, error)
+        tr.rungs = self.rung_log.pop(trial_id, [])
+        self.evaluations.pop(trial_id, None)
         if (result or {}).get("gpnas_state") == "error" and self.internal_error is None:
             self.internal_error = f"trial {ot_trial.number} ({tr.arch_id}):\n{result['gpnas_traceback']}"
         limits = self.cfg.constraints.model_dump()
@@ -92,7 +138,7 @@ class Recorder:
             ap = tr.metrics["ap"]
             self.best_ap = ap if self.best_ap != self.best_ap else max(self.best_ap, ap)
 
-    def _parse(self, ot_trial: Any, result: dict[str, Any] | None, error: bool) -> TrialResult:
+    def _parse(self, ot_trial: Any, trial_id: str, result: dict[str, Any] | None, error: bool) -> TrialResult:
         arch_id = ot_trial.user_attrs.get("arch_id", "unknown")
         if result and result.get("gpnas_result"):
             tr = TrialResult.from_dict(json.loads(result["gpnas_result"]))
@@ -104,9 +150,20 @@ class Recorder:
         if error:
             return TrialResult(arch_id=arch_id, state="failed",
                                reason="the trial's worker crashed (see the Ray trial folder for error.txt)")
-        partial = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return TrialResult(arch_id=arch_id, state="pruned", metrics=partial,
-                           reason=f"stopped early by ASHA after {partial.get('epoch', 0):.0f} epochs")
+        partial = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and not k.startswith(("gpnas_", "time_", "timestamp", "training_iteration", "pid"))}
+        rung = self._stopped_at_rung(trial_id) or {}
+        history = self.evaluations.get(trial_id, [])
+        if result and (not history or history[-1].get("step") != result.get("step")):
+            history = [*history, _evaluation(result)]
+        assert self.halving is not None
+        unit, n = self.unit + "s", len(self.halving.budgets)
+        return TrialResult(
+            arch_id=arch_id, state="pruned", metrics=partial, history=history,
+            reason=f"stopped by {self.cfg.early_stopping.type} at rung {rung.get('rung', 0) + 1} of {n} "
+                   f"({rung.get('budget', 0):g} {unit}): place {rung.get('position', 0) + 1} of "
+                   f"{rung.get('seen', 1)} there, the top {self.halving.keep(rung.get('seen', 1))} continue; AP "
+                   f"at the rung {rung.get('ap', float('nan')):.4f}")
 
     def _say(self, number: int, tr: TrialResult) -> None:
         m = tr.metrics
@@ -128,6 +185,12 @@ class Recorder:
             return 0
         values = np.array([r.objective_values(self.cfg.objectives) for r in done], dtype=float)
         return int(pareto_mask(values, self.cfg.directions()).sum())
+
+
+def _evaluation(result: dict[str, Any]) -> dict[str, float]:
+    """The trainer's figures of one reported evaluation (epoch, step, train_seconds, ap, ap50, ...)."""
+    return {k: float(v) for k, v in result.items() if k in ("epoch", "step", "train_seconds") or
+            (k.startswith("ap") and isinstance(v, (int, float)))}
 
 
 def stop_on_internal_error(recorder: Recorder) -> Any:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gpnas.experiments.config import SearchConfig, save_config
 from gpnas.experiments.ray_session import check_resources, cleanup_stale_ray, prepare_ray, ray_session
 from gpnas.experiments.recorder import Recorder, progress_callback, stop_on_internal_error
+from gpnas.experiments.scheduler import rung_scheduler
 from gpnas.experiments.searcher import make_sampler, searcher_class, trainable
 from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder, folder_lock
@@ -123,21 +124,15 @@ def _check_new_or_resumable(cfg: SearchConfig, storage: Any, folder: SearchFolde
 
 # ---------------------------------------------------------------------------------------------- tune
 def _tuner(cfg: SearchConfig, folder: SearchFolder, space: SearchSpace, recorder: Recorder, storage: Any,
-           remaining: int, already: int) -> Any:
+           remaining: int, already: int, resumed_after: int) -> Any:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     searcher = searcher_class()(
-        recorder=recorder, space=space, metric=list(cfg.objectives), mode=cfg.modes(), sampler=make_sampler(cfg),
-        study_name=cfg.name, storage=storage,
+        recorder=recorder, space=space, metric=list(cfg.objectives), mode=cfg.modes(),
+        sampler=make_sampler(cfg, resumed_after=resumed_after), study_name=cfg.name, storage=storage,
     )
-    scheduler = None
-    if cfg.early_stopping.asha:
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(metric="ap", mode="max", time_attr="training_iteration", max_t=10_000,
-                                  grace_period=cfg.early_stopping.grace_period,
-                                  reduction_factor=cfg.early_stopping.reduction_factor)
+    scheduler = rung_scheduler(recorder) if cfg.early_stopping.enabled else None
     fn = tune.with_parameters(trainable, cfg_json=cfg.model_dump_json(), base_json=space.base.model_dump_json(),
                               weights_dir=str(folder.weights))
     part = len(list(folder.ray.glob("part-*"))) if folder.ray.is_dir() else 0
@@ -232,5 +227,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | No
                           + (f" ({requeued} interrupted re-queued)" if requeued else "") + f", folder {folder}",
                           markup=False)
             console.print(space.describe(), highlight=False, markup=False)
-            seconds = _fit(_tuner(cfg, folder, space, recorder, storage, remaining, st.finished(recs)))
+            resumed_after = sum(1 for r in recs if r.state != "waiting") if resume else 0
+            seconds = _fit(_tuner(cfg, folder, space, recorder, storage, remaining, st.finished(recs),
+                                  resumed_after))
         return _finish(cfg, tracker, recorder, study, seconds)

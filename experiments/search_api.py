@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the runner imports ray lazily; load it only when a search r
     from gpnas.experiments.runner import SearchOutcome
     from gpnas.results.tracking import MlflowTracker
 
-__all__ = ["open_search", "resume_search", "run_demo", "search_status", "start_search"]
+__all__ = ["open_search", "refine", "resume_search", "run_demo", "search_status", "start_search"]
 
 
 def open_search(name_or_dir: str | Path, root: str | Path = "runs") -> tuple[SearchFolder, SearchConfig]:
@@ -44,10 +44,12 @@ def search_status(folder: SearchFolder, cfg: SearchConfig) -> dict[str, Any]:
 
 
 def _trial_row(rec: TrialRecord, objectives: tuple[str, ...]) -> dict[str, Any]:
-    """One trial of `gpnas status --json`: its state, reason and objective values."""
+    """One trial of `gpnas status --json`: its state, reason, objective values (a pruned trial's AP is its last
+    rung's) and the successive-halving rungs it reached (budget, AP there, decision)."""
     return {"number": rec.number, "state": rec.state, "arch_id": rec.arch_id, "reason": rec.reason,
             **{o: rec.metric(o) if rec.result is not None and o in rec.result.metrics else None
-               for o in objectives}}
+               for o in objectives},
+            "rungs": [{k: d[k] for k in ("budget", "ap", "decision")} for d in rec.rungs]}
 
 
 def make_tracker(cfg: SearchConfig, enabled: bool) -> MlflowTracker | None:
@@ -65,6 +67,8 @@ def start_search(cfg: SearchConfig, *, console: Console, mlflow: bool = True, re
     with folder_lock(cfg.folder()):  # before the MLflow store is touched: a second driver refuses cleanly
         tracker = make_tracker(cfg, mlflow)
         outcome = run_search(cfg, resume=resume, console=console, tracker=tracker)
+        if cfg.refine.top > 0 and outcome.counts.get("complete", 0):
+            _refine(cfg.folder(), cfg, console, tracker)
     summarise(outcome, cfg, console, tracker)
     if outcome.counts.get("complete", 0) == 0:
         ended = ", ".join(f"{n} {state}" for state, n in outcome.counts.items() if n)
@@ -81,6 +85,32 @@ def resume_search(search: str, *, root: str = "runs", address: str | None = None
         overrides.append(f"ray_address={address}")
     cfg = load_config(folder.config, overrides)
     return start_search(cfg, console=console, mlflow=mlflow, resume=True)
+
+
+def _refine(folder: SearchFolder, cfg: SearchConfig, console: Console, tracker: MlflowTracker | None,
+            **settings: Any) -> dict[int, dict[str, Any]]:
+    from gpnas.experiments.refine import refine_search
+
+    refined = refine_search(folder, cfg, say=lambda line: console.print(line, markup=False, highlight=False),
+                            **settings)
+    if tracker is not None:
+        tracker.finish_search(cfg.info())  # backfills trial runs; is_pareto and the report follow the refined front
+        tracker.log_refined(cfg.info())
+    return refined
+
+
+def refine(search: str, *, root: str = "runs", console: Console, mlflow: bool = True,
+           **settings: Any) -> dict[int, dict[str, Any]]:
+    """`gpnas refine`: retrain the front of a finished search (settings override its ``refine`` section)."""
+    folder, cfg = open_search(search, root)
+    with folder_lock(folder):
+        tracker = make_tracker(cfg, mlflow)
+        if tracker is not None:
+            tracker.start_search(cfg.info())
+        refined = _refine(folder, cfg, console, tracker, **settings)
+    if tracker is not None:
+        console.print(tracker.how_to_open(), markup=False)
+    return refined
 
 
 def run_demo(*, root: str = "runs", console: Console) -> SearchOutcome:

@@ -28,18 +28,28 @@ if TYPE_CHECKING:
 __all__ = ["make_sampler", "searcher_class", "trainable"]
 
 
-def make_sampler(cfg: SearchConfig) -> Any:
+#: How often the searcher asks again when the sampler proposes a candidate the study already holds, before it
+#: accepts the repeat (the space is then probably exhausted; the earlier result is reused).
+MAX_REASKS = 10
+
+
+def make_sampler(cfg: SearchConfig, *, resumed_after: int = 0) -> Any:
+    """The configured Optuna sampler. A resumed search (``resumed_after`` trials already in the study) seeds it
+    from the seed and that count: a fresh sampler with the original seed would restart its sequence and
+    propose the candidates of the first run again. The same study resumed at the same point proposes the
+    same candidates."""
     import optuna
 
     s = cfg.sampler
+    seed = s.seed if s.seed is None or not resumed_after else (s.seed * 1_000_003 + resumed_after) % 2**32
     if s.type == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True,
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
                                           group=True)
     if s.type == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=s.population_size)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
     if s.type == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -115,7 +125,13 @@ def searcher_class() -> type:
 
         OptunaSearch keeps its asked trials, its study and the trials it has told in private attributes
         (``_ot_trials``, ``_ot_study``, ``_completed_trials``; checked against ray 2.60.0) and has no public
-        accessor for them: :meth:`_asked`, :meth:`_study` and :meth:`_told` are the only places that read them.
+        accessor for them: :meth:`_asked`, :meth:`_forget`, :meth:`_study` and :meth:`_told` are the only places
+        that touch them.
+
+        No candidate is trained twice: a proposal whose arch_id the study already holds (ended, or running now)
+        is recorded as ``duplicate`` (not counted against the budget, never told to the sampler as a result)
+        and the sampler is asked again, up to :data:`MAX_REASKS` times; after that the repeat is accepted and
+        the earlier result reused (the space is then probably exhausted).
         """
 
         def __init__(self, *, recorder: Recorder, space: SearchSpace, **kwargs: Any) -> None:
@@ -126,23 +142,53 @@ def searcher_class() -> type:
         def _asked(self, trial_id: str) -> Any | None:
             return self._ot_trials.get(trial_id)
 
+        def _forget(self, trial_id: str) -> None:
+            self._ot_trials.pop(trial_id, None)
+
         def _study(self) -> Any:
             return self._ot_study
+
+        def _taken(self, ot_trial: Any) -> dict[str, int]:
+            """arch_id -> trial number, for the candidates the study holds other than ``ot_trial``'s (ended or
+            running; an interrupted trial's candidate is re-queued, so it is not taken)."""
+            taken: dict[str, int] = {}
+            for t in self._study().get_trials(deepcopy=False):
+                arch = t.user_attrs.get("arch_id")
+                if t.number == ot_trial.number or arch in (None, "invalid", "unknown") or \
+                        t.user_attrs.get("gpnas_state") in ("interrupted", "duplicate"):
+                    continue
+                taken.setdefault(arch, t.number)
+            return taken
 
         def _told(self) -> set[str]:
             return self._completed_trials
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            params = super().suggest(trial_id)
-            if not isinstance(params, dict):
-                return params
+        def _arch_id(self, params: dict[str, Any]) -> str:
             try:
-                arch_id = self.gp_space.from_params(params).arch_id
+                return self.gp_space.from_params(params).arch_id
             except GpnasError:
-                arch_id = "invalid"
-            ot_trial = self._asked(trial_id)
+                return "invalid"
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            import optuna
+
+            for attempt in range(MAX_REASKS + 1):
+                params = super().suggest(trial_id)
+                if not isinstance(params, dict):
+                    return params
+                arch_id, ot_trial = self._arch_id(params), self._asked(trial_id)
+                first = self._taken(ot_trial).get(arch_id)
+                if first is None or arch_id == "invalid" or attempt == MAX_REASKS:
+                    break
+                ot_trial.set_user_attr("arch_id", arch_id)
+                ot_trial.set_user_attr("gpnas_state", "duplicate")
+                ot_trial.set_user_attr("reason", f"the sampler proposed {arch_id} again (trial {first} has it); "
+                                                 "it was asked for another candidate")
+                self._study().tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                self._forget(trial_id)
             ot_trial.set_user_attr("arch_id", arch_id)
             ot_trial.set_user_attr("tune_trial_id", trial_id)
+            self.recorder.asked[trial_id] = ot_trial
             cached = self.recorder.cached(arch_id)
             if cached is not None:
                 params = {**params, "gpnas_reuse": cached.to_json()}

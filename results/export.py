@@ -27,9 +27,15 @@ _CONDITION = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$"
 def _row(rec: TrialRecord) -> dict[str, Any]:
     m = rec.result.metrics if rec.result else {}
     latency = m.get("latency_ms")
-    return {"trial_id": rec.number, "arch_id": rec.arch_id, "ap": m.get("ap", math.nan),
-            "ap50": m.get("ap50", math.nan), "gflops": m.get("gflops", math.nan),
-            "params_m": m.get("params_m", math.nan), "latency_ms": latency, "run_id": rec.mlflow_run_id}
+    refined = rec.result.refined if rec.result else None
+    row = {"trial_id": rec.number, "arch_id": rec.arch_id, "ap": m.get("ap", math.nan),
+           "ap50": m.get("ap50", math.nan), "gflops": m.get("gflops", math.nan),
+           "params_m": m.get("params_m", math.nan), "latency_ms": latency, "run_id": rec.mlflow_run_id,
+           "refined": bool(refined)}
+    if refined:  # AP is the mean over the refinement seeds; the search's own proxy AP is kept
+        row.update(ap_sd=refined["ap_sd"], ap_seeds=refined["ap"], seeds=refined["seeds"],
+                   ap_proxy=m.get("ap_proxy", math.nan), refine_budget=refined["budget"])
+    return row
 
 
 def _front(recs: list[TrialRecord], search: SearchInfo) -> FrontSummary:

@@ -13,6 +13,7 @@ runs/<name>/
   .owner               the live driver's lock (flock) with its PID, start time and command line
   report/              plots and tables of the finished search
   fidelity/            `gpnas fidelity` runs and report
+  refine/              the refinement runs of the front (plan.json, runs.jsonl)
 ```
 """
 
@@ -130,6 +131,10 @@ class SearchFolder:
     @property
     def fidelity(self) -> Path:
         return self.path / "fidelity"
+
+    @property
+    def refine(self) -> Path:
+        return self.path / "refine"
 
     def write_trial(self, number: int, result: TrialResult, spec_yaml: str | None) -> Path:
         """``trials/NNNN/result.json`` (and ``spec.yaml`` when the candidate was a valid spec)."""

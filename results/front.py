@@ -1,8 +1,9 @@
 """The Pareto view of a search's records: front, ranks, reference point and hypervolume history.
 
 Only complete, feasible trials compete (infeasible ones were never trained; pruned and failed have no final
-values). The hypervolume reference is ``gpnas.results.pareto.reference_point`` (AP 0; the constraint bound, or 1.1 ×
-the worst observed value, for minimised objectives) and is logged with the figures it produced.
+values); after a refinement (`gpnas refine`), only the refined ones, on their mean AP over the refinement
+seeds. The hypervolume reference is ``gpnas.results.pareto.reference_point`` (AP 0; the constraint bound, or
+1.1 × the worst observed value, for minimised objectives) and is logged with the figures it produced.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ class FrontSummary:
 
 
 def competing(recs: list[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
-    return [r for r in recs if r.state == "complete" and r.result is not None
+    """The trials that compete for the front: complete and feasible; once some were refined (retrained at a
+    larger budget with several seeds), only those, on their refined AP (the others were never retrained, so
+    their proxy AP is not comparable)."""
+    done = [r for r in recs if r.state == "complete" and r.result is not None
             and all(np.isfinite(r.metric(o)) for o in objectives)]
+    refined = [r for r in done if r.result is not None and r.result.refined]
+    return refined or done
 
 
 def front_summary(recs: list[TrialRecord], objectives: Sequence[str],

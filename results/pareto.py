@@ -27,6 +27,7 @@ from gpnas.objectives.definitions import OBJECTIVES, Direction
 __all__ = [
     "Direction",
     "hypervolume",
+    "hypervolume_contributions",
     "hypervolume_history",
     "knee_point",
     "non_dominated_sort",
@@ -152,6 +153,16 @@ def hypervolume(values: np.ndarray, directions: Sequence[Direction], reference: 
             f"objective {list(directions)}: see reference_point()."
         )
     return _hv_minimisation(points, ref * _signs(directions))
+
+
+def hypervolume_contributions(values: np.ndarray, directions: Sequence[Direction],
+                              reference: Sequence[float]) -> np.ndarray:
+    """``ndarray[N]``: the hypervolume each row adds to the others (HV of all − HV without it); 0 for a
+    dominated row, a duplicate, a NaN row or one not better than ``reference``."""
+    points = np.asarray(values, dtype=np.float64)
+    total = hypervolume(points, directions, reference)
+    return np.array([total - hypervolume(np.delete(points, i, axis=0), directions, reference)
+                     for i in range(points.shape[0])])
 
 
 def _hv_minimisation(points: np.ndarray, ref: np.ndarray) -> float:

@@ -39,6 +39,10 @@ class TrialResult:
     evaluate_seconds: float = 0.0
     weights_path: str | None = None
     reused_from: int | None = None
+    #: successive halving: one dict per rung reached (rung, budget, ap, values, violation, decision, position, seen)
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+    #: refinement: {"ap_mean", "ap_sd", "ap": [...], "seeds": [...], "budget": {...}} once the trial was retrained
+    refined: dict[str, Any] | None = None
 
     def objective_values(self, objectives: tuple[str, ...] | list[str]) -> list[float]:
         return [float(self.metrics.get(o, math.nan)) for o in objectives]
@@ -66,6 +70,8 @@ class TrialRecord:
     result: TrialResult | None
     mlflow_run_id: str | None
     params: dict[str, Any]
+    #: successive-halving decisions taken for this trial (kept for a trial that was interrupted, too)
+    rungs: tuple[dict[str, Any], ...] = ()
 
     def metric(self, name: str) -> float:
         if self.result is None:

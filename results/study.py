@@ -17,8 +17,8 @@ from gpnas.results.folder import SearchFolder
 from gpnas.results.records import COUNTED_STATES, TrialRecord, TrialResult
 from gpnas.search_space.errors import ConfigError
 
-__all__ = ["counts", "finished", "load_study", "mark_interrupted", "open_storage", "records", "tell_result",
-           "trial_record"]
+__all__ = ["counts", "finished", "load_study", "mark_interrupted", "open_storage", "records", "set_refined",
+           "tell_result", "trial_record"]
 
 
 def open_storage(folder: SearchFolder | Path) -> Any:
@@ -50,7 +50,9 @@ def load_study(folder: SearchFolder | Path, name: str) -> Any:
                           "results); run `gpnas search` again") from None
 
 
-def trial_record(trial: Any) -> TrialRecord:
+def trial_record(trial: Any, refined: dict[str, Any] | None = None) -> TrialRecord:
+    """The gpnas view of one study row; ``refined`` (the trial's entry of :func:`set_refined`) replaces its AP
+    by the refined mean, keeping the search's own as ``ap_proxy``."""
     import optuna
 
     attrs = trial.user_attrs
@@ -61,20 +63,37 @@ def trial_record(trial: Any) -> TrialRecord:
                  optuna.trial.TrialState.COMPLETE: "complete"}[trial.state]
     raw = attrs.get("result")
     result = TrialResult.from_dict(json.loads(raw)) if raw else None
+    if refined and result is not None:
+        result.refined = refined
+        result.metrics.update(ap_proxy=result.metrics.get("ap", math.nan), ap=refined["ap_mean"],
+                              ap_sd=refined["ap_sd"], ap50_proxy=result.metrics.get("ap50", math.nan),
+                              ap50=refined.get("ap50_mean", math.nan), refined=1.0)
     return TrialRecord(
         number=trial.number, state=state, reason=attrs.get("reason"), arch_id=attrs.get("arch_id"),
         values=tuple(trial.values) if trial.values else None, result=result,
         mlflow_run_id=attrs.get("mlflow_run_id"), params=dict(trial.params),
+        rungs=tuple(json.loads(attrs["rungs"])) if attrs.get("rungs") else (),
     )
 
 
-def records(study: Any) -> list[TrialRecord]:
-    return [trial_record(t) for t in study.get_trials(deepcopy=False)]
+def records(study: Any, *, refined: bool = True) -> list[TrialRecord]:
+    """Every trial of the study; with ``refined``, refined trials carry their refined AP (:func:`set_refined`)."""
+    done = json.loads(study.user_attrs.get("refined", "{}")) if refined else {}
+    return [trial_record(t, done.get(str(t.number))) for t in study.get_trials(deepcopy=False)]
+
+
+def set_refined(study: Any, number: int, refined: dict[str, Any]) -> None:
+    """Record the refinement of trial ``number`` (mean and sd of AP over seeds at a larger budget). A finished
+    trial's row cannot change in Optuna, so refinements live in one study attribute, by trial number."""
+    done = json.loads(study.user_attrs.get("refined", "{}"))
+    done[str(number)] = refined
+    study.set_user_attr("refined", json.dumps(done))
 
 
 def counts(recs: list[TrialRecord]) -> dict[str, int]:
-    """Trials by state; ``waiting`` are queued candidates (enqueued, or re-queued after an interruption)."""
-    out = {s: 0 for s in (*COUNTED_STATES, "running", "waiting", "interrupted")}
+    """Trials by state; ``waiting`` are queued candidates (enqueued, or re-queued after an interruption);
+    ``duplicate`` are proposals of a candidate the study already held (the sampler was asked again)."""
+    out = {s: 0 for s in (*COUNTED_STATES, "running", "waiting", "interrupted", "duplicate")}
     for r in recs:
         key = r.state if r.state in out else "running"
         out[key] += 1

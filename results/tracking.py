@@ -187,6 +187,10 @@ class MlflowTracker:
                 for key in ("ap", "ap50"):
                     if key in epoch:
                         metrics.append(Metric(f"epoch_{key}", float(epoch[key]), 0, i + 1))
+            for rung in result.rungs:  # successive halving: AP at each rung reached, at the rung's budget
+                metrics.append(Metric("rung_ap", float(rung["ap"]), 0, int(rung["budget"])))
+            if result.rungs:
+                metrics.append(Metric("rungs_reached", float(len(result.rungs)), 0, 0))
         self.client.log_batch(run_id, metrics=metrics, params=[Param(k, v[:6000]) for k, v in params.items()])
         self._log_trial_artifacts(run_id, rec)
 
@@ -219,11 +223,34 @@ class MlflowTracker:
         existing = self.run_ids()
         logged = 0
         for rec in st.records(st.load_study(search.folder, search.name)):
-            if rec.state in ("running", "waiting") or rec.number in existing:
+            if rec.state in ("running", "waiting", "duplicate") or rec.number in existing:
                 continue
             existing[rec.number] = self.log_trial(rec, existing)
             logged += 1
         return logged
+
+    def log_refined(self, search: SearchInfo) -> int:
+        """Refined trials: ``ap`` gets the refined mean (step 1; step 0 keeps the proxy value), with ``ap_proxy``,
+        ``ap_sd``, ``refine_seeds`` and the tag ``refined=true``. -> how many runs were updated."""
+        from mlflow.entities import Metric
+
+        if self.parent_id is None:
+            self.start_search(search)
+        existing, updated = self.run_ids(), 0
+        for rec in st.records(st.load_study(search.folder, search.name)):
+            refined = rec.result.refined if rec.result else None
+            if not refined or rec.number not in existing:
+                continue
+            run_id = existing[rec.number]
+            metrics = [Metric("ap", refined["ap_mean"], 0, 1), Metric("ap_sd", refined["ap_sd"], 0, 0),
+                       Metric("ap_proxy", refined["ap_proxy"], 0, 0),
+                       Metric("refine_seeds", float(len(refined["seeds"])), 0, 0)]
+            metrics += [Metric("refine_ap", ap, 0, seed) for ap, seed in zip(refined["ap"], refined["seeds"],
+                                                                             strict=True)]
+            self.client.log_batch(run_id, metrics=metrics)
+            self.client.set_tag(run_id, "refined", "true")
+            updated += 1
+        return updated
 
     def finish_search(self, search: SearchInfo) -> None:
         """Backfill, tag the current front, log counts, hypervolume history and the report to the parent."""

@@ -71,7 +71,8 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     ("data.seed=-1", "data.seed must be 0 or more"),
     ("sampler.population_size=1", "sampler.population_size must be at least 2"),
     ("sampler.n_startup_trials=-1", "sampler.n_startup_trials must be 0 or more"),
-    ("early_stopping.grace_period=0", "early_stopping.grace_period must be at least 1"),
+    ("early_stopping.min_budget=0", "early_stopping.min_budget must be at least 1"),
+    ("early_stopping.grace_period=3", "write early_stopping.type: asha"),
     ("early_stopping.reduction_factor=1", "early_stopping.reduction_factor must be at least 2"),
     ("storage.root=", "storage.root must name a folder"),
 ])
