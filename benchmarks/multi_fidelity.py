@@ -163,12 +163,13 @@ def hv_at(curve: list[tuple[float, float]], work: float) -> float:
     return max((h for w, h in curve if w <= work + 1e-9), default=0.0)
 
 
-METHODS: dict[str, Callable[[Table, int], tuple[Any, SuccessiveHalving | None]]] = {
-    "random": lambda t, s: (RandomProposer(t, s), None),
-    "tpe": lambda t, s: (TpeProposer(t, s), None),
-    "tpe+asha(ap)": lambda t, s: (TpeProposer(t, s), SuccessiveHalving(RUNGS, ETA, ("ap", "gflops"), mode="ap")),
-    "tpe+mo-asha": lambda t, s: (TpeProposer(t, s), SuccessiveHalving(RUNGS, ETA, ("ap", "gflops"), mode="mo")),
-}
+def methods(rungs: tuple[int, ...], eta: int) -> dict[str, Callable[[Table, int], tuple[Any, Any]]]:
+    return {
+        "random": lambda t, s: (RandomProposer(t, s), None),
+        "tpe": lambda t, s: (TpeProposer(t, s), None),
+        "tpe+asha(ap)": lambda t, s: (TpeProposer(t, s), SuccessiveHalving(rungs, eta, ("ap", "gflops"), mode="ap")),
+        "tpe+mo-asha": lambda t, s: (TpeProposer(t, s), SuccessiveHalving(rungs, eta, ("ap", "gflops"), mode="mo")),
+    }
 
 
 def cpu_name() -> str:
@@ -178,12 +179,42 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def simulate(table: Table, rungs: tuple[int, ...], eta: int, budget: float, seeds: int
+             ) -> dict[str, list[list[tuple[float, float]]]]:
+    """Every method's (work, hypervolume) curve per seed."""
+    curves: dict[str, list[list[tuple[float, float]]]] = {}
+    for name, make in methods(rungs, eta).items():
+        curves[name] = []
+        for seed in range(seeds):
+            proposer, halving = make(table, seed)
+            curves[name].append(run(table, proposer, halving, budget))
+    return curves
+
+
+def mean_hv(runs: list[list[tuple[float, float]]], work: float) -> float:
+    return statistics.fmean(hv_at(c, work) for c in runs)
+
+
+def reach(runs: list[list[tuple[float, float]]], target: float, budget: float) -> float | None:
+    """The least work (share of ``budget``) at which the mean curve reaches ``target``; None if it does not."""
+    grid = np.linspace(0, budget, 193)
+    return next((w / budget for w in grid if mean_hv(runs, w) >= target - 1e-12), None)
+
+
+def _share(x: float | None) -> str:
+    return f"{x:.0%}" if x is not None else "> 100%"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--full", type=float, default=12.0, help="work budget in full trainings (600 steps)")
     ap.add_argument("--table", type=Path, default=TABLE)
+    ap.add_argument("--rungs", default=",".join(map(str, RUNGS)), help="rung budgets in steps (default 150,300)")
+    ap.add_argument("--eta", type=int, default=ETA, help="reduction factor (default 2)")
+    ap.add_argument("--no-sensitivity", action="store_true", help="only the main comparison")
     args = ap.parse_args()
+    rungs = tuple(int(x) for x in args.rungs.split(","))
     table = Table(args.table)
     budget = args.full * FULL
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -193,15 +224,10 @@ def main() -> int:
           f"{min(r['ap_at'][FULL] for r in table.rows):.4f}..{max(r['ap_at'][FULL] for r in table.rows):.4f}; "
           f"all-candidates hypervolume {table.hv(list(range(len(table)))):.5f} (reference AP 0, GFLOPs "
           f"{table.reference[1]:.4f})")
-    print(f"budget {args.full:g} full trainings = {budget:.0f} steps; rungs {RUNGS} (eta {ETA}); {args.seeds} seeds; "
-          "one worker\n")
+    print(f"budget {args.full:g} full trainings = {budget:.0f} steps; rungs {rungs} (eta {args.eta}); "
+          f"{args.seeds} seeds; one worker\n")
     fractions = (0.25, 0.375, 0.5, 0.75, 1.0)
-    curves: dict[str, list[list[tuple[float, float]]]] = {}
-    for name, make in METHODS.items():
-        curves[name] = []
-        for seed in range(args.seeds):
-            proposer, halving = make(table, seed)
-            curves[name].append(run(table, proposer, halving, budget))
+    curves = simulate(table, rungs, args.eta, budget, args.seeds)
     print(f"{'method':14s}" + "".join(f"  HV @{f:>5.1%} work    " for f in fractions) + "  trained to end")
     means: dict[str, list[float]] = {}
     for name, runs in curves.items():
@@ -215,25 +241,41 @@ def main() -> int:
         print(f"{name:14s}" + "".join(f"  {c:20s}" for c in cells) + f"  {finished:.1f}")
     target = means["tpe"][-1]
     print(f"\nfinal hypervolume of TPE without early stopping (100 % work): {target:.5f}")
-    grid = np.linspace(0, budget, 97)
     for name, runs in curves.items():
-        mean_curve = [statistics.fmean(hv_at(c, w) for c in runs) for w in grid]
-        reached = next((w for w, h in zip(grid, mean_curve, strict=True) if h >= target - 1e-12), None)
         per_seed = [next((w for w, h in c if h >= target - 1e-12), None) for c in runs]
         hit = [w / budget for w in per_seed if w is not None]
-        what = f"{reached / budget:.1%} of the work" if reached is not None else "not within the budget"
-        print(f"  {name:14s} mean curve reaches it at {what}; seeds reaching it: {len(hit)}/{len(runs)}"
-              + (f" (median {statistics.median(hit):.1%} of the work)" if hit else ""))
+        print(f"  {name:14s} mean curve reaches it at {_share(reach(runs, target, budget))} of the work; seeds "
+              f"reaching it: {len(hit)}/{len(runs)}" + (f" (median {statistics.median(hit):.0%})" if hit else ""))
     half = fractions.index(0.5)
-    mo_reach = next((w for w in grid if statistics.fmean(hv_at(c, w) for c in curves["tpe+mo-asha"]) >= target - 1e-12),
-                    None)
+    mo_reach = reach(curves["tpe+mo-asha"], target, budget)
     print(f"\ntarget 1 (MO-ASHA reaches TPE's final HV with <= 50 % of the work): "
-          f"{'met' if mo_reach is not None and mo_reach <= 0.5 * budget else 'NOT met'}")
+          f"{'met' if mo_reach is not None and mo_reach <= 0.5 else 'NOT met'}")
     better = all(means["tpe+mo-asha"][i] >= means["tpe+asha(ap)"][i] for i in range(len(fractions)))
     print(f"target 2 (MO-ASHA beats ASHA on AP at equal work, mean HV at every work fraction above): "
           f"{'met' if better else 'NOT met'} ({means['tpe+mo-asha'][half]:.5f} vs {means['tpe+asha(ap)'][half]:.5f} "
           f"at 50 %)")
+    if not args.no_sensitivity:
+        sensitivity(table, args.seeds)
     return 0
+
+
+def sensitivity(table: Table, seeds: int) -> None:
+    """The same comparison for other rung settings and budgets (each row: its own TPE reference)."""
+    print("\nsensitivity: mean HV at 50 % / 100 % of the work, and the work at which the mean curve reaches TPE's "
+          "final HV")
+    print(f"{'rungs':12s} {'eta':>3s} {'budget':>6s}  {'TPE final':>9s}  {'MO-ASHA 50%/100%':>17s} {'reach':>6s}  "
+          f"{'ASHA(AP) 50%/100%':>17s} {'reach':>6s}")
+    for rungs, eta in (((150, 300), 2), ((150,), 2), ((150,), 4), ((300,), 2), ((150, 300), 3)):
+        for full in (8.0, 12.0, 16.0):
+            budget = full * FULL
+            curves = simulate(table, rungs, eta, budget, seeds)
+            target = mean_hv(curves["tpe"], budget)
+            cells = []
+            for name in ("tpe+mo-asha", "tpe+asha(ap)"):
+                runs = curves[name]
+                cells.append(f"{mean_hv(runs, budget / 2):.5f}/{mean_hv(runs, budget):.5f} "
+                             f"{_share(reach(runs, target, budget)):>6s}")
+            print(f"{','.join(map(str, rungs)):12s} {eta:3d} {full:6g}  {target:9.5f}  {cells[0]}  {cells[1]}")
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | No
                 check_resources(cfg.budget.cpu, cfg.budget.gpu)
             save_config(cfg, folder.path)
             study, requeued = _open_study(cfg, storage, resume, enqueue)
-            recs = st.records(study)
+            recs = st.records(study, refined=False)  # the search's own results: what a repeat reuses
             remaining = cfg.budget.num_trials - st.finished(recs)
             recorder = Recorder(cfg, folder, tracker, console)
             recorder.load(recs)

@@ -74,6 +74,11 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     ("early_stopping.min_budget=0", "early_stopping.min_budget must be at least 1"),
     ("early_stopping.grace_period=3", "write early_stopping.type: asha"),
     ("early_stopping.reduction_factor=1", "early_stopping.reduction_factor must be at least 2"),
+    ("early_stopping.type=hyperband", "early_stopping.type"),
+    ("refine.top=-1", "refine.top must be >= 0"),
+    ("refine.seeds=0", "refine.seeds must be >= 1"),
+    ("refine.budget_multiplier=0.5", "refine.budget_multiplier must be >= 1"),
+    ("refine.max_trials=0", "refine.max_trials must be >= 1"),
     ("storage.root=", "storage.root must name a folder"),
 ])
 def test_bad_values_name_the_key(override: str, needle: str) -> None:
