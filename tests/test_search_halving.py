@@ -27,25 +27,24 @@ def _stop_when(folder: Path, name: str, driver: subprocess.Popen, condition: obj
 
     deadline = time.time() + timeout
     while time.time() < deadline and driver.poll() is None:
-        time.sleep(1)
+        time.sleep(0.3)
         if not (folder / "study.db").is_file():
             continue
         try:
             if condition(records(load_study(folder, name))):  # type: ignore[operator]
                 break
-        except Exception:
+        except Exception:  # the study is being created or written
             continue
+    assert driver.poll() is None, "the search ended before the moment to kill it came"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
 
 
 def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path: Path) -> None:
     path = write_config(tmp_path, "halving", 8, train={"steps": 12, "batch_size": 8},
+                        space={"base": "yolor-csp-nano", "genes": GENES},
                         early_stopping={"type": "mo-asha", "min_budget": 3, "reduction_factor": 2},
                         refine={"top": 1, "seeds": 2, "budget_multiplier": 1.5, "max_trials": 2})
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load(path.read_text())))
-    cfg["space"]["genes"] = GENES
-    path.write_text(__import__("yaml").safe_dump(cfg))
     folder = tmp_path / "runs" / "halving"
     driver = subprocess.Popen([*GPNAS, "search", "--config", str(path)], env=cli_env(tmp_path), cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
