@@ -179,6 +179,21 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def diagnosis(table: Table) -> str:
+    """How far early AP predicts the final AP (Spearman), and how wide the all-candidates front is."""
+    from scipy.stats import spearmanr
+
+    from gpnas.results.pareto import pareto_mask
+
+    final = [r["ap_at"][FULL] for r in table.rows]
+    steps = sorted(set.intersection(*(set(r["ap_at"]) for r in table.rows)) - {FULL})
+    rho = ", ".join(f"{s}: {spearmanr([r['ap_at'][s] for r in table.rows], final)[0]:.2f}" for s in steps)
+    size = spearmanr([r["gflops"] for r in table.rows], final)[0]
+    front = int(pareto_mask(table.values(list(range(len(table)))), DIRS).sum())
+    return (f"Spearman of AP at step s with AP at {FULL}: {rho} (GFLOPs: {size:.2f}); {front} of {len(table)} "
+            "candidates are on the all-candidates front")
+
+
 def simulate(table: Table, rungs: tuple[int, ...], eta: int, budget: float, seeds: int
              ) -> dict[str, list[list[tuple[float, float]]]]:
     """Every method's (work, hypervolume) curve per seed."""
@@ -224,6 +239,7 @@ def main() -> int:
           f"{min(r['ap_at'][FULL] for r in table.rows):.4f}..{max(r['ap_at'][FULL] for r in table.rows):.4f}; "
           f"all-candidates hypervolume {table.hv(list(range(len(table)))):.5f} (reference AP 0, GFLOPs "
           f"{table.reference[1]:.4f})")
+    print(diagnosis(table))
     print(f"budget {args.full:g} full trainings = {budget:.0f} steps; rungs {rungs} (eta {args.eta}); "
           f"{args.seeds} seeds; one worker\n")
     fractions = (0.25, 0.375, 0.5, 0.75, 1.0)
