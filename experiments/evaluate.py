@@ -57,8 +57,10 @@ def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, re
 
     data = stages.load_data(cfg.data, spec.img_size)
     config = dataclasses.replace(cfg.train, threads=cfg.train.threads or max(1, int(cfg.budget.cpu)))
-    if cfg.early_stopping.enabled and cfg.rungs()[0] == "steps":  # every rung is an evaluation point
-        config = dataclasses.replace(config, eval_steps=tuple(sorted({*config.eval_steps, *cfg.rungs()[1]})))
+    if cfg.early_stopping.enabled:
+        unit, rungs = cfg.rungs()
+        if unit == "steps":  # every rung is an evaluation point (epoch rungs are epoch ends already)
+            config = dataclasses.replace(config, eval_steps=tuple(sorted({*config.eval_steps, *rungs})))
     fit = stages.train(model, data, config, [_Report()])
     result.history = fit.history
     result.metrics.update({k: v for k, v in fit.metrics.items() if k not in ("epoch", "step")})

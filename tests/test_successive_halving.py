@@ -17,7 +17,7 @@ def test_hypervolume_contribution_is_what_the_front_loses_without_a_point() -> N
     # maximise AP, minimise GFLOPs; reference (0, 10). Points (0.5, 2), (0.8, 6), (0.4, 4) [dominated]
     values = np.array([[0.5, 2.0], [0.8, 6.0], [0.4, 4.0]])
     contrib = hypervolume_contributions(values, ["maximize", "minimize"], [0.0, 10.0])
-    # HV = 0.5*8 + (0.8-0.5)*4 = 5.2; without the first: 0.8*4 = 3.2 (+0.4*... no: (0.4,4) adds 0.4*2 = 0.8)
+    # HV = 0.5*8 + (0.8-0.5)*4 = 5.2; without the first: 0.8*4 + 0.4*2 = 4.0 ((0.4, 4) then adds 0.4 x (6-4))
     assert contrib[0] == pytest.approx(5.2 - (0.8 * 4 + 0.4 * 2))
     assert contrib[1] == pytest.approx(5.2 - 0.5 * 8)
     assert contrib[2] == 0.0
