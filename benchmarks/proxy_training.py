@@ -23,6 +23,7 @@ from gpnas.experiments import stages
 from gpnas.objectives.latency import cpu_name
 from gpnas.search_space.builder import build_detector
 from gpnas.search_space.presets import get_preset
+from gpnas.trainers.data import to_model_input
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.loss import YoloLoss
 from gpnas.trainers.proxy import ProxyTrainer
@@ -49,7 +50,7 @@ def bare_loop(name: str, data: ProxyData, steps: int) -> float:
     images, done, start = 0, 0, time.perf_counter()
     while done < steps:
         for imgs, targets, _ in loader:
-            loss, _ = loss_fn(model(imgs), targets)
+            loss, _ = loss_fn(model(to_model_input(imgs, "cpu")), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -21,6 +21,7 @@ from gpnas.objectives.latency import LatencyProtocol
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import SearchInfo
 from gpnas.search_space.errors import ConfigError
+from gpnas.trainers.augment import Augment
 from gpnas.trainers.train_config import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainConfig, budget_label
 
 __all__ = ["CONFIG_SCHEMA_VERSION", "DIGITS_N_TRAIN", "DIGITS_N_VAL", "MAX_CONFIG_BYTES", "PROXY_STEPS",
@@ -124,6 +125,16 @@ class BudgetConfig(_Section):
 
 
 class DataConfig(_Section):
+    """What the trials read, how the train images are augmented and whether decoded images are kept in memory.
+    (How fast batches are fed — loader workers, pinned memory, prefetching — is the ``train`` section's.)
+
+    ``flip``: horizontal-flip probability; null: the kind's default, 0 for digits (a mirrored digit is another
+    glyph) and 0.5 for coco. ``hsv_h``, ``hsv_s``, ``hsv_v``: YOLO-style colour-jitter gains (YOLOv5 uses
+    0.015, 0.7, 0.4 on COCO; 0: off, the default). ``cache``: keep decoded letterboxed images in memory —
+    ``auto`` (default) when all of a split's images fit in 1 GiB (the digits set does, COCO does not), true, or
+    false; each loader worker holds its own cache (:class:`gpnas.trainers.data.CocoDetection`).
+    """
+
     kind: Literal["digits", "coco"] = "digits"
     seed: int = 0
     n_train: int = DIGITS_N_TRAIN
@@ -132,6 +143,28 @@ class DataConfig(_Section):
     train_images: str | None = None
     val_ann: str | None = None
     val_images: str | None = None
+    flip: float | None = None
+    hsv_h: float = 0.0
+    hsv_s: float = 0.0
+    hsv_v: float = 0.0
+    cache: bool | str = "auto"  # ``| str``: a wrong word gets the rule below, not pydantic's union message
+
+    @field_validator("cache")
+    @classmethod
+    def _cache(cls, v: bool | str) -> bool | str:
+        if v not in (True, False, "auto"):
+            raise ValueError("data.cache must be auto (cache when all images fit in 1 GiB), true or false")
+        return v
+
+    @model_validator(mode="after")
+    def _augment_ranges(self) -> DataConfig:
+        self.augment()  # Augment's rules, checked when the config is read; its messages name data.<key>
+        return self
+
+    def augment(self) -> Augment:
+        """The train split's augmentation (``flip`` null resolved for the kind)."""
+        flip = self.flip if self.flip is not None else (0.0 if self.kind == "digits" else 0.5)
+        return Augment(flip=flip, hsv_h=self.hsv_h, hsv_s=self.hsv_s, hsv_v=self.hsv_v)
 
     @field_validator("n_train", "n_val")
     @classmethod

@@ -31,16 +31,20 @@ _DATA_CACHE: dict[str, Any] = {}
 
 
 def load_data(data: DataConfig, img_size: int) -> ProxyData:
-    """The proxy dataset at ``img_size``, cached per process (Ray reuses actors across trials)."""
+    """The proxy dataset at ``img_size`` with the section's augmentation and cache, cached per process (Ray reuses
+    actors across trials)."""
     from gpnas.trainers.datasets import ProxyData
 
     key = json.dumps([data.model_dump(), img_size])
     if key not in _DATA_CACHE:
+        augment = data.augment()
         if data.kind == "digits":
-            loaded = ProxyData.digits(img_size=img_size, seed=data.seed, n_train=data.n_train, n_val=data.n_val)
+            loaded = ProxyData.digits(img_size=img_size, seed=data.seed, n_train=data.n_train, n_val=data.n_val,
+                                      augment=augment, cache=data.cache)
         else:
             loaded = ProxyData.coco(data.train_ann, data.train_images, data.val_ann,  # type: ignore[arg-type]
-                                    data.val_images, img_size=img_size)  # type: ignore[arg-type]
+                                    data.val_images, img_size=img_size,  # type: ignore[arg-type]
+                                    augment=augment, cache=data.cache)
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = loaded
     return _DATA_CACHE[key]
@@ -127,13 +131,14 @@ def measured_gradients(model: nn.Module, data: ProxyData) -> dict[str, float]:
     import copy
 
     from gpnas.objectives.gradient_path import gradient_aggregates, measure_gradients
-    from gpnas.trainers.data import make_loader
+    from gpnas.trainers.data import make_loader, to_model_input
     from gpnas.trainers.loss import YoloLoss
 
     model = copy.deepcopy(model)  # the EMA copy has frozen parameters
     for p in model.parameters():
         p.requires_grad_(True)
-    images, targets, _ = next(iter(make_loader(data.val, batch_size=8, shuffle=False, seed=0)))
+    batch, targets, _ = next(iter(make_loader(data.val, batch_size=8, shuffle=False, seed=0)))
+    images = to_model_input(batch, "cpu")
     loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,
                        img_size=data.img_size)
     measured = measure_gradients(model, images, loss_fn=lambda out: loss_fn(out[:3], targets)[0])

@@ -23,11 +23,12 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from gpnas.search_space.errors import ConfigError, DataError
 from gpnas.trainers.callbacks import Callback
 from gpnas.trainers.coco_files import quiet_coco, read_coco_json, validate_coco_dict
-from gpnas.trainers.data import CocoDetection, ImageMeta, make_loader
+from gpnas.trainers.data import CocoDetection, ImageMeta, LoaderOptions, make_loader, to_model_input
 from gpnas.trainers.postprocess import non_max_suppression
 
 if TYPE_CHECKING:
@@ -176,11 +177,14 @@ def inference_on_dataset(
     iou_thres: float = 0.6,
     max_det: int = 100,
     device: torch.device | str = "cpu",
+    non_blocking: bool = False,
 ) -> dict[str, float]:
     """COCO box AP of ``model`` over ``loader``: letterbox -> decode -> NMS -> original pixels -> ``evaluator``.
 
-    ``loader`` yields ``(images: Tensor[B, 3, S, S], targets, metas: list[ImageMeta])`` as
-    ``gpnas.trainers.data.make_loader`` does; ``model(images)`` is decoded by ``model.decode`` into
+    ``loader`` yields ``(images: Tensor[B, 3, S, S] uint8 (or float32 in [0, 1]), targets, metas:
+    list[ImageMeta])`` as ``gpnas.trainers.data.make_loader`` does; the images become float32 in [0, 1] on
+    ``device`` (``to_model_input``; ``non_blocking`` for a pinned loader); ``model(images)`` is decoded by
+    ``model.decode`` into
     ``Tensor[B, N, 5 + nc]`` (cx, cy, w, h in letterboxed pixels, probabilities). The evaluator is reset first,
     so it scores this pass only; the model runs in eval mode and gets its training mode back afterwards.
     """
@@ -189,7 +193,7 @@ def inference_on_dataset(
     evaluator.reset()
     try:
         for imgs, _, metas in loader:
-            preds = model.decode(model(imgs.to(device)))  # type: ignore[operator]
+            preds = model.decode(model(to_model_input(imgs, device, non_blocking=non_blocking)))  # type: ignore[operator]
             dets = non_max_suppression(preds, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
             batch = []
             for det, meta in zip(dets, metas, strict=True):
@@ -209,28 +213,53 @@ class ValEvaluation(Callback):
     COCO-format set can score a training, whatever it trains on. The evaluator (ground truth validated and
     indexed) is built once here; each evaluation runs :func:`inference_on_dataset` over the val images in file
     order on the trainer's device, with the trainer's evaluation model (the EMA copy when EMA is on), and adds
-    ap, ap50, ap75, ap_small, ap_medium, ap_large to the metrics in place. :func:`val_evaluation` builds one
-    with a ``TrainConfig``'s thresholds.
+    ap, ap50, ap75, ap_small, ap_medium, ap_large and ``val_images`` (how many images were scored) to the
+    metrics in place. :func:`val_evaluation` builds one with a ``TrainConfig``'s thresholds and loader.
+
+    ``subset`` N > 0: every evaluation but the trainer's final one scores only the first N val images (image-id
+    order, the same N each time; COCOeval over those images only); the final one, and every one with
+    ``subset`` None or 0, scores the whole split. ``options``: the val loaders' workers and pinning; each loader
+    is made once and reused, so persistent workers keep their image caches from one evaluation to the next.
     """
 
     def __init__(
         self, val: CocoDetection, *, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 100,
-        batch_size: int = 64,
+        batch_size: int = 64, subset: int | None = None, options: LoaderOptions | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"ValEvaluation batch_size must be a positive int (val images per forward pass), "
                               f"got {batch_size!r}")
+        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 0):
+            raise ConfigError(f"train.val_subset must be an integer >= 0 (0 or null: all), got {subset!r}")
         self.val = val
         self.conf_thres, self.iou_thres, self.max_det, self.batch_size = conf_thres, iou_thres, max_det, batch_size
+        self.subset = subset if subset and subset < len(val) else None
+        self.options = options or LoaderOptions()
         self.evaluator = CocoEvaluator(val.coco, max_dets=max_det, category_ids=val.category_ids)
+        self.subset_evaluator = CocoEvaluator(val.coco, max_dets=max_det, category_ids=val.category_ids,
+                                              only_processed_images=True)
+        self._loaders: dict[bool, DataLoader] = {}
+
+    def _loader(self, full: bool) -> DataLoader:
+        # Unshuffled and unaugmented, so one loader serves every pass: the val order (and so the AP) never
+        # depends on history.
+        if full not in self._loaders:
+            images = self.val if full else Subset(self.val, range(self.subset or len(self.val)))
+            self._loaders[full] = make_loader(images, batch_size=self.batch_size, shuffle=False, seed=0,
+                                              options=self.options)
+        return self._loaders[full]
 
     def on_evaluate(self, trainer: ProxyTrainer, model: nn.Module, metrics: dict[str, float]) -> None:
-        # A fresh loader per pass, seeded as always: the val order (and so the AP) never depends on history.
-        loader = make_loader(self.val, batch_size=self.batch_size, shuffle=False, seed=0)
-        metrics.update(inference_on_dataset(model, loader, self.evaluator, conf_thres=self.conf_thres,
-                                            iou_thres=self.iou_thres, max_det=self.max_det, device=trainer.device))
+        full = self.subset is None or trainer.final_evaluation
+        evaluator = self.evaluator if full else self.subset_evaluator
+        metrics.update(inference_on_dataset(model, self._loader(full), evaluator, conf_thres=self.conf_thres,
+                                            iou_thres=self.iou_thres, max_det=self.max_det, device=trainer.device,
+                                            non_blocking=self.options.pin_memory))
+        metrics["val_images"] = float(len(self.val) if full else self.subset)  # type: ignore[arg-type]
 
 
 def val_evaluation(data: ProxyData, config: TrainConfig) -> ValEvaluation:
-    """The :class:`ValEvaluation` of ``data.val`` with ``config``'s conf_thres, iou_thres and max_det."""
-    return ValEvaluation(data.val, conf_thres=config.conf_thres, iou_thres=config.iou_thres, max_det=config.max_det)
+    """The :class:`ValEvaluation` of ``data.val`` with ``config``'s conf_thres, iou_thres, max_det, val_subset
+    and loader options."""
+    return ValEvaluation(data.val, conf_thres=config.conf_thres, iou_thres=config.iou_thres, max_det=config.max_det,
+                         subset=config.val_subset, options=config.loader_options())

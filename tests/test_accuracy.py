@@ -16,7 +16,8 @@ from torch import nn
 
 from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator, ValEvaluation, inference_on_dataset
 from gpnas.search_space.errors import DataError
-from gpnas.trainers.data import CocoDetection, build_digits_dataset, make_loader
+from gpnas.trainers.data import CocoDetection, make_loader
+from gpnas.trainers.digits import build_digits_dataset
 from gpnas.trainers.proxy import ProxyTrainer
 
 # category ids 3 and 7 are not contiguous on purpose: class index 0 -> id 3, 1 -> id 7
@@ -206,5 +207,5 @@ def test_val_evaluation_gives_the_ap_of_inference_on_dataset(digits_val: CocoDet
     metrics = {"epoch": 1.0, "step": 4.0, "train_seconds": 0.5}
     ValEvaluation(digits_val, batch_size=5).on_evaluate(ProxyTrainer(), OracleDetector(digits_val, shift=0.3),
                                                           metrics)
-    assert metrics == {"epoch": 1.0, "step": 4.0, "train_seconds": 0.5, **direct}
+    assert metrics == {"epoch": 1.0, "step": 4.0, "train_seconds": 0.5, **direct, "val_images": 12.0}
     assert set(direct) == set(METRIC_KEYS)

@@ -150,3 +150,25 @@ def test_an_objective_is_one_definition_that_every_layer_reads() -> None:
         assert _logged_metric("params_m") and _label("params_m") == "parameters (M)"
     finally:
         OBJECTIVES.pop("params_m")
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("data.flip=1.5", r"data\.flip must be in \[0, 1\] \(a probability\), got 1\.5"),
+    ("data.hsv_h=0.9", r"data\.hsv_h must be in \[0, 0\.5\].*got 0\.9"),
+    ("data.hsv_s=-0.1", r"data\.hsv_s must be in \[0, 1\].*got -0\.1"),
+    ("data.cache=maybe", r"data\.cache = 'maybe' is invalid: data\.cache must be auto .*, true or false"),
+    ("data.hsvv=0.4", r"unknown key 'data\.hsvv'; did you mean 'hsv_v'\?"),
+])
+def test_data_augmentation_and_cache_keys_are_validated(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])
+
+
+def test_data_augmentation_defaults_per_kind() -> None:
+    from gpnas.trainers.augment import Augment
+
+    assert load_config(None).data.augment() == Augment()  # digits: no flip (a mirrored digit is another glyph)
+    coco = load_config("coco-gpu")
+    assert coco.data.augment() == Augment(flip=0.5, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4)
+    assert (coco.data.cache, coco.train.val_subset) == (False, 500)
+    assert load_config(None, ["data.flip=0.25", "data.cache=true"]).data.cache is True

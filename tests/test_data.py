@@ -1,4 +1,5 @@
-"""COCO-format loader on a hand-made set, its errors, collate, and the bundled digits generator."""
+"""COCO-format loader on a hand-made set, its errors, collate, augmentation, workers, and the bundled digits
+generator."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from PIL import Image
 
 from gpnas.objectives.accuracy import CocoEvaluator
 from gpnas.search_space.errors import DataError
-from gpnas.trainers import data as data_module
-from gpnas.trainers.data import CocoDetection, build_digits_dataset, collate, make_loader
+from gpnas.trainers import digits as digits_module
+from gpnas.trainers.augment import Augment, colour_matrix
+from gpnas.trainers.data import CocoDetection, LoaderOptions, collate, make_loader, to_model_input
+from gpnas.trainers.digits import build_digits_dataset
 
 S = 64
 RED, BLUE, GREEN = (200, 10, 10), (10, 10, 200), (10, 200, 10)
@@ -63,17 +66,17 @@ def test_letterbox_labels_and_round_trip(tiny: tuple[Path, Path]) -> None:
     ds = CocoDetection(*tiny, img_size=S)
     assert (ds.num_classes, ds.category_ids, ds.image_ids, len(ds)) == (2, [5, 9], [1, 2], 2)
     image, labels, meta = ds[0]
-    assert image.shape == (3, S, S) and image.dtype == torch.float32
+    assert image.shape == (3, S, S) and image.dtype == torch.uint8
     assert (meta.scale, meta.pad_x, meta.pad_y, meta.orig_w, meta.orig_h) == (0.32, 0.0, 16.0, 200, 100)
-    assert torch.all(image[:, :16] == 114 / 255) and torch.all(image[:, 48:] == 114 / 255)
-    assert torch.allclose(image[:, 30, 5] * 255, torch.tensor(RED, dtype=torch.float32), atol=1)
-    assert torch.allclose(image[:, 30, 60] * 255, torch.tensor(BLUE, dtype=torch.float32), atol=1)
+    assert torch.all(image[:, :16] == 114) and torch.all(image[:, 48:] == 114)
+    assert torch.allclose(image[:, 30, 5].float(), torch.tensor(RED, dtype=torch.float32), atol=1)
+    assert torch.allclose(image[:, 30, 60].float(), torch.tensor(BLUE, dtype=torch.float32), atol=1)
     assert torch.allclose(labels[0], torch.tensor([1, 0.2, 0.375, 0.2, 0.15]))
     original = meta.to_original(_xyxy_pixels(labels))
     assert torch.allclose(original, torch.tensor([[20.0, 10, 60, 40], [150, 50, 200, 100]]), atol=1e-4)
     image2, labels2, meta2 = ds[1]  # portrait: padded left and right; the crowd box is left out
     assert (meta2.pad_x, meta2.pad_y) == (10.0, 0.0) and labels2.shape == (1, 5)
-    assert torch.all(image2[:, :, :10] == 114 / 255)
+    assert torch.all(image2[:, :, :10] == 114)
     assert torch.allclose(meta2.to_original(_xyxy_pixels(labels2)), torch.tensor([[10.0, 20, 40, 60]]), atol=1e-4)
     swapped = CocoDetection(*tiny, img_size=S, category_ids=[9, 5])
     assert swapped[0][1][:, 0].tolist() == [0.0, 1.0]
@@ -160,7 +163,7 @@ def test_bad_boxes(tiny: tuple[Path, Path], tmp_path: Path) -> None:
 def test_collate_and_loader(tiny: tuple[Path, Path]) -> None:
     ds = CocoDetection(*tiny, img_size=S)
     images, targets, metas = collate([ds[0], ds[1]])
-    assert images.shape == (2, 3, S, S) and targets.shape == (3, 6)
+    assert images.shape == (2, 3, S, S) and images.dtype == torch.uint8 and targets.shape == (3, 6)
     assert targets[:, 0].tolist() == [0.0, 0.0, 1.0] and [m.image_id for m in metas] == [1, 2]
 
     def order(seed: int) -> list[int]:
@@ -205,24 +208,24 @@ def test_digits_content(tmp_path: Path) -> None:
 
 
 def test_digits_build_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write, real_rename = data_module._write_split, os.rename
+    real_write, real_rename = digits_module._write_split, os.rename
 
     def dies_on_val(folder: Path, split: str, *args: Any) -> None:
         if split == "val":
             raise RuntimeError("killed")
         real_write(folder, split, *args)
 
-    monkeypatch.setattr(data_module, "_write_split", dies_on_val)
+    monkeypatch.setattr(digits_module, "_write_split", dies_on_val)
     with pytest.raises(RuntimeError, match=r"killed"):
         build_digits_dataset(tmp_path, seed=0, img_size=64, n_train=2, n_val=2)
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(data_module, "_write_split", real_write)
+    monkeypatch.setattr(digits_module, "_write_split", real_write)
 
     def another_process_wins(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)
         real_rename(src, dst)  # fails: dst is now a non-empty folder
 
-    monkeypatch.setattr(data_module.os, "rename", another_process_wins)
+    monkeypatch.setattr(digits_module.os, "rename", another_process_wins)
     paths = build_digits_dataset(tmp_path, seed=0, img_size=64, n_train=2, n_val=2)
     assert os.listdir(tmp_path) == [paths.root.name] and paths.val_ann.is_file()
 
@@ -276,3 +279,64 @@ def test_coco_files_fill_defaults_and_name_the_annotation() -> None:
     coco["annotations"][2]["category_id"] = 4
     with pytest.raises(DataError, match=r"mem\.json: annotation id 3 has category_id 4"):
         validate_coco_dict(coco, "mem.json")
+
+
+# ------------------------------------------------------------------ uint8 batches, augmentation, cache, workers
+def test_to_model_input_is_x_over_255_in_float32(tiny: tuple[Path, Path]) -> None:
+    ds = CocoDetection(*tiny, img_size=S)
+    images, _, _ = collate([ds[0], ds[1]])
+    inputs = to_model_input(images, "cpu")
+    assert inputs.dtype == torch.float32 and inputs.is_contiguous() and inputs.shape == (2, 3, S, S)
+    expected = np.divide(np.stack([ds[0][0].numpy(), ds[1][0].numpy()]), 255.0, dtype=np.float32)
+    assert np.array_equal(inputs.numpy(), expected)  # the bits of dividing on the host, as before uint8 batches
+    assert to_model_input(inputs, "cpu") is inputs  # a float batch is not rescaled twice
+
+
+def test_colour_jitter_keeps_boxes_and_is_deterministic_per_seed(tiny: tuple[Path, Path]) -> None:
+    assert np.allclose(colour_matrix(0.0, 1.0, 1.0), (1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0))
+    plain = CocoDetection(*tiny, img_size=S)
+    jitter = CocoDetection(*tiny, img_size=S, augment=Augment(hsv_h=0.1, hsv_s=0.7, hsv_v=0.4))
+    first, again, other = jitter[(0, [1])], jitter[(0, [1])], jitter[(0, [2])]
+    assert torch.equal(first[0], again[0]) and not torch.equal(first[0], other[0])
+    assert not torch.equal(first[0], plain[0][0]) and first[0].dtype == torch.uint8
+    assert torch.equal(first[1], plain[0][1]) and not first[2].flipped  # colour leaves boxes and geometry alone
+    with pytest.raises(DataError, match=r"cache must be 'auto', True or False"):
+        CocoDetection(*tiny, img_size=S, cache="sometimes")  # type: ignore[arg-type]
+
+
+def test_cache_setting(tiny: tuple[Path, Path]) -> None:
+    assert CocoDetection(*tiny, img_size=S).caches_images  # auto: two small images fit
+    off = CocoDetection(*tiny, img_size=S, cache=False)
+    assert not off.caches_images and torch.equal(off[0][0], off[0][0]) and off._cache == {}
+    on = CocoDetection(*tiny, img_size=S, cache=True)
+    image = on[0][0]
+    image[:] = 0  # the caller's copy: the cache is untouched
+    assert on[0][0].max() > 0 and len(on._cache) == 1
+
+
+def test_one_worker_gives_the_batches_of_none(tiny: tuple[Path, Path]) -> None:
+    ds = CocoDetection(*tiny, img_size=S, augment=Augment(flip=0.5, hsv_h=0.05, hsv_s=0.5, hsv_v=0.3))
+
+    def batches(workers: int) -> list[tuple[torch.Tensor, torch.Tensor, list[bool]]]:
+        loader = make_loader(ds, batch_size=1, shuffle=True, seed=4,
+                             options=LoaderOptions(num_workers=workers, persistent_workers=True))
+        return [(images, targets, [m.flipped for m in metas]) for _ in range(4) for images, targets, metas in loader]
+
+    inline, worker = batches(0), batches(1)
+    assert len(inline) == 8 and {f for _, _, (f,) in inline} == {True, False}  # both flips occur over 4 epochs
+    for (a, ta, fa), (b, tb, fb) in zip(inline, worker, strict=True):
+        assert torch.equal(a, b) and torch.equal(ta, tb) and fa == fb
+    assert len({str(a[0, :, 40, 40].tolist()) for a, _, _ in inline}) > 2  # the jitter differs per draw
+
+
+def test_large_jpeg_is_drafted_and_keeps_its_box_mapping(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (400, 200), RED).save(images / "1.jpg", quality=90)
+    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 400, "height": 200}],
+            "categories": [{"id": 1, "name": "a"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [40, 20, 80, 60]}]}
+    image, labels, meta = CocoDetection(images, _write(tmp_path, coco), img_size=S)[0]  # 400 px -> 64: 1/4 decode
+    assert image.shape == (3, S, S) and meta.scale == S / 400
+    assert torch.allclose(image[:, 32, 32].float(), torch.tensor(RED, dtype=torch.float32), atol=3)
+    assert torch.allclose(meta.to_original(_xyxy_pixels(labels)), torch.tensor([[40.0, 20, 120, 80]]), atol=1e-4)

@@ -15,11 +15,12 @@ from gpnas.search_space.builder import build_detector
 from gpnas.search_space.errors import ConfigError, TrainingDiverged
 from gpnas.search_space.presets import ANCHORS_DIGITS, get_preset
 from gpnas.trainers.callbacks import Callback, EarlyStopping
-from gpnas.trainers.data import build_digits_dataset
+from gpnas.trainers.data import LoaderOptions
 from gpnas.trainers.datasets import ProxyData
+from gpnas.trainers.digits import build_digits_dataset
 from gpnas.trainers.ema import EMA, ModelEMA
 from gpnas.trainers.proxy import FitResult, ProxyTrainer
-from gpnas.trainers.train_config import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainBudget, TrainConfig
+from gpnas.trainers.train_config import MAX_AUTO_WORKERS, PROXY_STEPS, TRIAL_MAX_SECONDS, TrainBudget, TrainConfig
 
 IMG = 64  # the 160-px digits letterboxed down: a step takes ~20 ms, so every test here is a few seconds
 
@@ -279,6 +280,25 @@ def test_val_evaluation_takes_the_config_thresholds(data: ProxyData) -> None:
     assert evaluation.evaluator.max_dets == 7
 
 
+def test_val_subset_per_epoch_and_the_whole_split_at_the_end(data: ProxyData) -> None:
+    config = TrainConfig(batch_size=8, val_subset=4)
+    rec = Recorder()
+    result = ProxyTrainer(config, [val_evaluation(data, config), rec]).fit(_model(), data, TrainBudget(epochs=2))
+    assert [(m["epoch"], m["val_images"]) for m in result.history] == [(1.0, 4.0), (2.0, 16.0)]
+    assert result.model is not None
+    evaluator = CocoEvaluator(data.val.coco, category_ids=data.val.category_ids)
+    full = inference_on_dataset(result.model, data.val_loader(), evaluator)
+    assert full == {k: result.metrics[k] for k in METRIC_KEYS}
+
+    class StopAtTwo(Callback):  # a rung stop right after a subset evaluation: the same step again, all images
+        def on_epoch_end(self, trainer: ProxyTrainer, metrics: dict[str, float]) -> None:
+            trainer.should_stop = trainer.step >= 2
+
+    config = TrainConfig(batch_size=8, val_subset=4, eval_steps=(2,))
+    result = ProxyTrainer(config, [val_evaluation(data, config), StopAtTwo()]).fit(_model(), data, TrainBudget(steps=8))
+    assert [(m["step"], m["val_images"]) for m in result.history] == [(2.0, 4.0), (2.0, 16.0)]
+
+
 # ------------------------------------------------------------------ TrainConfig as the search's train section
 def test_train_config_budget_defaults() -> None:
     default = TrainConfig()
@@ -297,9 +317,15 @@ def test_train_config_budget_defaults() -> None:
     ({"steps": 0}, "train.steps"),
     ({"max_seconds": -1.0}, "train.max_seconds"),
     ({"ema_tau": 0}, "train.ema_tau"),
+    ({"num_workers": -1}, r"train.num_workers must be 'auto' or an integer >= 0.*got -1"),
+    ({"num_workers": "lots"}, r"train.num_workers must be 'auto'.*got 'lots'"),
+    ({"pin_memory": "yes"}, r"train.pin_memory must be 'auto' \(on CUDA only\), true or false, got 'yes'"),
+    ({"persistent_workers": 1}, r"train.persistent_workers must be true or false"),
+    ({"prefetch_factor": 0}, r"train.prefetch_factor must be an integer >= 1"),
+    ({"val_subset": -3}, r"train.val_subset must be an integer >= 0.*got -3"),
 ])
 def test_config_messages_name_the_search_config_key(kwargs: dict[str, float], needle: str) -> None:
-    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=needle.replace("train.", r"train\.")):
         TrainConfig(**kwargs)  # type: ignore[arg-type]
 
 
@@ -327,3 +353,13 @@ def test_trainers_never_import_objectives() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("gpnas.objectives")]
     assert offenders == []
+
+
+def test_loader_options_per_device() -> None:
+    assert TrainConfig().loader_options() == LoaderOptions(persistent_workers=True)  # CPU: no workers, no pinning
+    cuda = TrainConfig(device="cuda", threads=3).loader_options()
+    assert (cuda.num_workers, cuda.pin_memory) == (3, True)  # one worker per CPU the trial holds
+    assert TrainConfig(device="cuda", threads=64).loader_options().num_workers == MAX_AUTO_WORKERS
+    explicit = TrainConfig(device="cuda", num_workers=1, pin_memory=False, prefetch_factor=4).loader_options()
+    assert (explicit.num_workers, explicit.pin_memory, explicit.kwargs()["prefetch_factor"]) == (1, False, 4)
+    assert TrainConfig(num_workers=2).loader_options().num_workers == 2  # an explicit value wins on CPU too

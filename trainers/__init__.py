@@ -28,7 +28,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "ProxyData": "datasets",
     "CocoDetection": "data",
     "ImageMeta": "data",
-    "build_digits_dataset": "data",
+    "build_digits_dataset": "digits",
     "make_loader": "data",
     "read_coco_json": "coco_files",
     "validate_coco_dict": "coco_files",

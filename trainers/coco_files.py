@@ -159,13 +159,23 @@ def validate_coco_dict(
     return {**data, "images": images, "annotations": anns}
 
 
-def read_image_rgb(path: Path, *, image_id: int, width: int, height: int, source: str | Path) -> Image.Image:
+def read_image_rgb(path: Path, *, image_id: int, width: int, height: int, source: str | Path,
+                   draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode one listed image as RGB. DataError naming the file, the image id and ``source`` (its annotation
-    file) if it cannot be decoded or its size is not the ``width`` × ``height`` the annotation file says."""
+    file) if it cannot be decoded or its size is not the ``width`` × ``height`` the annotation file says.
+
+    ``draft_size`` (w, h): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale when that is still at least this size
+    (``Image.draft``: the decoder skips the work; other formats ignore it), so the result can be smaller than
+    ``width`` × ``height``. An RGB decode is returned as is (no ``convert`` copy)."""
     try:
         with Image.open(path) as img:
             size = img.size
-            rgb = img.convert("RGB") if size == (width, height) else None
+            rgb = None
+            if size == (width, height):
+                if draft_size is not None and img.format == "JPEG":
+                    img.draft("RGB", draft_size)
+                img.load()
+                rgb = img if img.mode == "RGB" else img.convert("RGB")
     except _DECODE_ERRORS as err:
         raise DataError(f"{path} (image id {image_id} in {source}) cannot be read as an image: {err}; replace "
                         "the file or remove its entry") from None

@@ -1,37 +1,41 @@
-"""COCO-format detection data: annotation files, a letterboxing Dataset, collate, and the bundled digits set.
+"""COCO-format detection data: a letterboxing, augmenting Dataset, collate, seeded samplers and the loader.
 
-Any COCO "instances" file works (COCO 2017 included); the bundled offline digits set written by
-:func:`build_digits_dataset` is in the same format and is read back through the same :class:`CocoDetection`.
+Any COCO "instances" file works (COCO 2017 included); the bundled offline digits set
+(:func:`gpnas.trainers.digits.build_digits_dataset`) is in the same format and is read back through the same
+:class:`CocoDetection`.
 
 Box formats: COCO files hold ``bbox = [x, y, w, h]`` in original image pixels. Training labels are
 ``(class_index, cx, cy, w, h)`` normalised to [0, 1] of the letterboxed S×S image. Class index = position of
 the category id in the sorted category ids (or in the ``category_ids`` given).
+
+Images leave the Dataset and the loader as uint8 (a quarter of the bytes of float32 to collate, pin and copy to
+the GPU); :func:`to_model_input` makes them float32 in [0, 1] on the device (``x / 255``, bit-identical to
+dividing on the host).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from gpnas.search_space.errors import DataError
+from gpnas.trainers.augment import Augment, jitter_colour
 from gpnas.trainers.coco_files import quiet_coco, read_coco_json, read_image_rgb, validate_coco_dict
 
 PAD_VALUE = 114
 BOX_TOLERANCE_PX = 1.0
-CACHE_LIMIT_BYTES = 1 << 30  # decoded-image cache is used only when all letterboxed images fit in this
+CACHE_LIMIT_BYTES = 1 << 30  # cache="auto" keeps decoded images only when all letterboxed images fit in this
+#: ``augment=True``: YOLO's flip probability, no colour jitter (the behaviour before Augment existed).
+FLIP_ONLY = Augment(flip=0.5)
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,23 @@ def letterbox_geometry(orig_h: int, orig_w: int, img_size: int) -> tuple[float, 
 class CocoDetection(Dataset):
     """A COCO-format detection set, letterboxed to S×S.
 
-    ``ds[i] -> (image: Tensor[3, S, S] float32 in [0, 1], labels: Tensor[n, 5] float32 =
-    (class_index, cx, cy, w, h) in [0, 1] of the letterboxed image, meta: ImageMeta)``.
+    ``ds[i] -> (image: Tensor[3, S, S] uint8 (channels-last strides: a view of an S×S×3 array),
+    labels: Tensor[n, 5] float32 = (class_index, cx, cy, w, h) in [0, 1] of the letterboxed image,
+    meta: ImageMeta)``; :func:`to_model_input` turns a batch into the model's float32 in [0, 1].
     Crowd annotations are left out of labels; zero-area boxes are skipped with one warning; boxes more than
     1 px outside their image raise DataError, those within 1 px are clipped. All image files are checked to
     exist at construction and decoded at first read (a file that is not an image raises DataError naming it
-    and its image id). ``augment=True`` flips horizontally with p=0.5 (torch's global RNG; DataLoader
-    workers are seeded from the loader's generator). Decoded letterboxed images are kept in memory
-    (``cache_images``) when they all fit in ``CACHE_LIMIT_BYTES``.
+    and its image id); a JPEG at least twice S is decoded at a reduced scale (``Image.draft``).
+
+    ``augment``: an :class:`~gpnas.trainers.augment.Augment` (flip, colour jitter), ``True`` for
+    :data:`FLIP_ONLY`, ``False`` for none. Its draws for ``ds[(i, seed)]`` come from
+    ``numpy.random.default_rng(seed)`` (a sequence of ints; :func:`make_loader`'s sampler supplies one per
+    item, so batches do not depend on the worker count); ``ds[i]`` draws the seed from torch's global RNG.
+
+    ``cache``: keep the decoded letterboxed images in memory, before augmentation — ``"auto"`` when all of them
+    fit in ``CACHE_LIMIT_BYTES``, ``True`` always, ``False`` never (decode every read). Each DataLoader worker
+    is its own process and holds its own cache, filled by the images it is handed; persistent workers keep it
+    across epochs, workers started anew each epoch start empty.
     """
 
     def __init__(
@@ -88,16 +101,18 @@ class CocoDetection(Dataset):
         ann_file: str | Path,
         *,
         img_size: int,
-        augment: bool = False,
+        augment: bool | Augment = False,
         category_ids: list[int] | None = None,
-        cache_images: bool = True,
+        cache: bool | Literal["auto"] = "auto",
     ) -> None:
         if img_size < 1:
             raise DataError(f"img_size must be a positive number of pixels, got {img_size}")
+        if cache not in (True, False, "auto"):
+            raise DataError(f"cache must be 'auto', True or False, got {cache!r}")
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
         self.img_size = img_size
-        self.augment = augment
+        self.augment: Augment = FLIP_ONLY if augment is True else augment or Augment()
         data = read_coco_json(self.ann_file)
         if not self.images_dir.is_dir():
             raise DataError(f"images folder not found: {self.images_dir} (for {self.ann_file}); "
@@ -114,7 +129,7 @@ class CocoDetection(Dataset):
         self._labels = self._build_labels(data["annotations"])
         self.coco = quiet_coco(data)
         need = len(self._images) * 3 * img_size * img_size
-        self.caches_images = cache_images and need <= CACHE_LIMIT_BYTES
+        self.caches_images = cache is True or (cache == "auto" and need <= CACHE_LIMIT_BYTES)
         self._cache: dict[int, np.ndarray] = {}
 
     def _check_files(self) -> None:
@@ -170,48 +185,134 @@ class CocoDetection(Dataset):
         Read-only views for statistics (anchor fitting); ``ds[i]`` returns copies."""
         return self._labels
 
-    def _load(self, i: int) -> np.ndarray:
-        """-> ndarray[3, S, S] uint8, letterboxed."""
+    def _load(self, i: int) -> tuple[np.ndarray | Image.Image, bool]:
+        """-> (letterboxed S×S RGB: the cached ndarray[S, S, 3] uint8, or a fresh PIL image when not caching,
+        whether the caller may keep it: False for the cached copy)."""
         cached = self._cache.get(i)
         if cached is not None:
-            return cached
+            return cached, False
         info = self._images[i]
-        rgb = read_image_rgb(self.images_dir / info["file_name"], image_id=info["id"], width=info["width"],
-                             height=info["height"], source=self.ann_file)
         _, new_w, new_h, pad_x, pad_y = letterbox_geometry(info["height"], info["width"], self.img_size)
+        rgb = read_image_rgb(self.images_dir / info["file_name"], image_id=info["id"], width=info["width"],
+                             height=info["height"], source=self.ann_file, draft_size=(new_w, new_h))
         if (new_w, new_h) != rgb.size:
             rgb = rgb.resize((new_w, new_h), Image.BILINEAR)
         canvas = Image.new("RGB", (self.img_size, self.img_size), (PAD_VALUE,) * 3)
         canvas.paste(rgb, (pad_x, pad_y))
-        array = np.ascontiguousarray(np.asarray(canvas).transpose(2, 0, 1))
-        if self.caches_images:
-            self._cache[i] = array
-        return array
+        if not self.caches_images:
+            return canvas, True  # augmentation works on the PIL image: no array round trip
+        array = np.array(canvas)  # HWC: PIL's own layout, so no transposing copy on the way in or out
+        self._cache[i] = array
+        return array, False
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, ImageMeta]:
+    def __getitem__(self, key: int | tuple[int, Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, ImageMeta]:
+        """``key``: an index, or (index, seed of this item's augmentation draws) as :func:`make_loader` gives."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         info = self._images[i]
-        # numpy, not torch, for per-image work: torch's intra-op threads cost ms to wake on small tensors
-        pixels = self._load(i)
+        pixels, owned = self._load(i)
         labels = self._labels[i].copy()
-        flip = self.augment and bool(torch.rand(()) < 0.5)
-        if flip:
-            pixels = pixels[:, :, ::-1]
-            labels[:, 1] = 1.0 - labels[:, 1]
-        image = torch.from_numpy(np.divide(pixels, 255.0, dtype=np.float32))
+        flip, gains = False, None
+        if self.augment.enabled:
+            if seed is None:
+                seed = [int(torch.randint(0, 2**62, ()))]
+            flip, gains = self.augment.draw(np.random.default_rng(seed))
+        if flip or gains is not None:
+            # PIL's C code, not numpy: a flip costs 0.2 ms at 640² against 2 ms for a numpy copy of a reversed view
+            image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+            if gains is not None:
+                image = jitter_colour(image, gains)
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                labels[:, 1] = 1.0 - labels[:, 1]
+            pixels, owned = image, True
+        if isinstance(pixels, Image.Image):
+            pixels = np.array(pixels)
+        tensor = torch.from_numpy(pixels if owned else pixels.copy()).permute(2, 0, 1)
         scale, _, _, pad_x, pad_y = letterbox_geometry(info["height"], info["width"], self.img_size)
         meta = ImageMeta(info["id"], info["height"], info["width"], scale, float(pad_x), float(pad_y),
                          self.img_size, flip)
-        return image, torch.from_numpy(labels), meta
+        return tensor, torch.from_numpy(labels), meta
 
 
 def collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor, ImageMeta]],
 ) -> tuple[torch.Tensor, torch.Tensor, list[ImageMeta]]:
-    """-> (images: Tensor[B, 3, S, S], targets: Tensor[M, 6] = (batch_index, class, cx, cy, w, h), metas)."""
-    images = torch.stack([item[0] for item in batch])
+    """-> (images: Tensor[B, 3, S, S] uint8 (channels-last strides), targets: Tensor[M, 6] float32 =
+    (batch_index, class, cx, cy, w, h), metas). The images are stacked as B×S×S×3 (a plain copy of each
+    item's HWC memory) and returned as a [B, 3, S, S] view; :func:`to_model_input` makes them contiguous."""
+    images = torch.stack([item[0].permute(1, 2, 0) for item in batch]).permute(0, 3, 1, 2)
     targets = [torch.cat([torch.full((len(lab), 1), float(b)), lab], dim=1)
                for b, (_, lab, _) in enumerate(batch)]
     return images, torch.cat(targets) if targets else torch.zeros(0, 6), [item[2] for item in batch]
+
+
+def to_model_input(images: torch.Tensor, device: torch.device | str, *, non_blocking: bool = False) -> torch.Tensor:
+    """images: Tensor[B, 3, S, S] uint8 (from :func:`collate`) -> Tensor[B, 3, S, S] float32 in [0, 1],
+    contiguous, on ``device``. The uint8 batch is copied (``non_blocking`` when it is pinned) and converted there:
+    ``x / 255`` in float32, the same bits as on the host. A floating batch is moved, not rescaled."""
+    images = images.to(device, non_blocking=non_blocking)
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    return images.contiguous()
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a DataLoader feeds the trainer: worker processes, pinned memory (then the copy to the GPU can be
+    ``non_blocking``), whether workers outlive an epoch (and keep their image caches), and batches prefetched
+    per worker (``None``: torch's default, 2). ``TrainConfig.loader_options()`` resolves the ``train`` keys."""
+
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """DataLoader keywords (persistent workers and prefetching only mean something with workers)."""
+        workers = self.num_workers > 0
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                "persistent_workers": workers and self.persistent_workers,
+                "prefetch_factor": self.prefetch_factor if workers else None}
+
+
+class SeededShuffle(Sampler[int]):
+    """A fresh random order of ``range(n)`` per pass, from its own generator seeded with ``seed``.
+
+    DataLoader draws its workers' base seed from the loader's generator once per iterator: every epoch with no
+    workers, only once with persistent workers. Shuffling from that same generator would make the order depend
+    on the worker count; here each pass first draws the int64 that the loader's iterator used to draw, then
+    shuffles as ``RandomSampler`` does, so the order is exactly that of ``DataLoader(shuffle=True,
+    generator=seeded)`` without workers (the proxy results from before this sampler), with any workers."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.generator = torch.Generator()
+        self.generator.manual_seed(seed)
+        self._inner = RandomSampler(range(n), generator=self.generator)
+
+    def __iter__(self) -> Iterator[int]:
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        yield from self._inner
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+
+class AugmentSeeds(Sampler[tuple[int, tuple[int, int, int]]]):
+    """Wraps a sampler: yields ``(index, (seed, epoch, position))``, the seed of each item's augmentation draws.
+
+    It runs in the main process, so every item's draws are fixed by ``seed``, the pass and its place in the pass,
+    whichever worker makes it. ``epoch`` counts the passes over this sampler."""
+
+    def __init__(self, base: Sampler[int], seed: int) -> None:
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, int, int]]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        for position, index in enumerate(self.base):
+            yield index, (self.seed, epoch, position)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
 
 
 def make_loader(
@@ -220,187 +321,26 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     seed: int,
-    num_workers: int = 0,
     drop_last: bool = False,
+    options: LoaderOptions | None = None,
 ) -> DataLoader:
-    """A DataLoader using :func:`collate`, whose shuffling (and worker seeds) follow ``seed``."""
-    generator = torch.Generator()
+    """A DataLoader using :func:`collate`, whose shuffling, augmentation draws and worker seeds follow ``seed``.
+
+    The same ``seed`` gives the same batches with 0 or N workers (``options``; default: none, in this process):
+    the order comes from :class:`SeededShuffle` and, for a dataset that augments, each item's draws from
+    :class:`AugmentSeeds`, both in the main process."""
+    generator = torch.Generator()  # the workers' base seeds only
     generator.manual_seed(seed)
+    n = len(dataset)  # type: ignore[arg-type]
+    base: Sampler[int] = SeededShuffle(n, seed) if shuffle else SequentialSampler(range(n))
+    augment = getattr(dataset, "augment", None)
+    sampler: Sampler[Any] = AugmentSeeds(base, seed) if isinstance(augment, Augment) and augment.enabled else base
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
+        sampler=sampler,
         collate_fn=collate,
         generator=generator,
         drop_last=drop_last,
-        persistent_workers=num_workers > 0,  # keeps each worker's image cache across epochs
+        **(options or LoaderOptions()).kwargs(),
     )
-
-
-# --------------------------------------------------------------------------------------- bundled digits set
-GENERATOR_VERSION = 1
-_MIN_PATCH, _MAX_PATCH, _MAX_IOU, _TRAIN_FRACTION = 12, 68, 0.3, 0.8
-
-
-@dataclass(frozen=True)
-class DigitsPaths:
-    """Where :func:`build_digits_dataset` put the set: image folders and COCO instances files."""
-
-    root: Path
-    train_images: Path
-    train_ann: Path
-    val_images: Path
-    val_ann: Path
-
-
-def _resize_bilinear(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """a: ndarray[h, w] -> ndarray[out_h, out_w], bilinear with half-pixel centres (align_corners=False)."""
-    h, w = a.shape
-    ys = np.clip((np.arange(out_h) + 0.5) * h / out_h - 0.5, 0, h - 1)
-    xs = np.clip((np.arange(out_w) + 0.5) * w / out_w - 0.5, 0, w - 1)
-    y0, x0 = ys.astype(np.int64), xs.astype(np.int64)
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
-    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
-def _iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """-> ndarray[size, size, 3] in [0, 1]: tinted low-frequency texture plus finer blotches of colour."""
-    def texture(lo: int, hi: int) -> np.ndarray:
-        return _resize_bilinear(rng.uniform(-1, 1, (int(rng.integers(lo, hi)),) * 2), size, size)
-
-    coarse, fine = texture(2, 7), np.stack([texture(8, 21) for _ in range(3)], -1)
-    tint = rng.uniform(0.4, 1.0, 3) * rng.uniform(0.05, 0.25)
-    canvas = rng.uniform(0.15, 0.85, 3) + coarse[..., None] * tint + fine * rng.uniform(0.0, 0.08)
-    return np.clip(canvas, 0.0, 1.0)
-
-
-def _draw_digit(
-    rng: np.random.Generator, canvas: np.ndarray, scan: np.ndarray, boxes: list[tuple[int, int, int, int]]
-) -> tuple[int, int, int, int] | None:
-    """Paint one 8×8 scan (values 0..16) upsampled into ``canvas`` in place; -> its tight xyxy box or None."""
-    size = canvas.shape[0]
-    ph = round(math.exp(rng.uniform(math.log(_MIN_PATCH), math.log(min(_MAX_PATCH, size // 2)))))
-    pw = max(6, round(ph * rng.uniform(0.75, 1.15)))
-    # values below ~3/16 are scanner haze; keeping them would paint a visible rectangle around the digit
-    alpha = np.clip((_resize_bilinear(scan / 16.0, ph, pw) - 0.15) / 0.85, 0.0, 1.0)
-    rows, cols = np.nonzero((alpha > 0.3).any(1))[0], np.nonzero((alpha > 0.3).any(0))[0]
-    for _ in range(20):  # rejection sampling keeps pairwise IoU <= _MAX_IOU
-        y0, x0 = int(rng.integers(0, size - ph + 1)), int(rng.integers(0, size - pw + 1))
-        box = (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1)
-        if all(_iou_xyxy(box, other) <= _MAX_IOU for other in boxes):
-            break
-    else:
-        return None
-    region = canvas[y0:y0 + ph, x0:x0 + pw]
-    under = region.mean((0, 1))
-    direction = -1.0 if under.mean() > 0.5 else 1.0  # ink contrasts with what lies beneath, in any colour
-    ink = np.clip(under + direction * rng.uniform(0.35, 0.7) + rng.normal(0.0, 0.12, 3), 0.0, 1.0)
-    weight = alpha[..., None] * rng.uniform(0.75, 1.0)
-    region[:] = region * (1.0 - weight) + ink * weight
-    return box
-
-
-def _write_split(
-    folder: Path, split: str, pool: np.ndarray, n: int, seed: int, size: int, digits: Any
-) -> None:
-    """Render ``n`` images from the scans in ``pool`` into folder/split/ and folder/instances_{split}.json."""
-    (folder / split).mkdir()
-    images, annotations = [], []
-    for image_id in range(1, n + 1):
-        rng = np.random.default_rng([seed, 1 if split == "train" else 2, image_id])
-        canvas, placed = _background(rng, size), []
-        for _ in range(int(rng.integers(1, 7))):
-            source = int(pool[rng.integers(len(pool))])
-            box = _draw_digit(rng, canvas, digits.images[source], [p[0] for p in placed])
-            if box is not None:
-                placed.append((box, int(digits.target[source]), source))
-        canvas = np.clip(canvas + rng.normal(0.0, rng.uniform(0.01, 0.05), canvas.shape), 0.0, 1.0)
-        name = f"{image_id:06d}.png"
-        Image.fromarray((canvas * 255.0 + 0.5).astype(np.uint8)).save(folder / split / name, format="PNG",
-                                                                      compress_level=1)
-        images.append({"id": image_id, "file_name": name, "width": size, "height": size})
-        for (x1, y1, x2, y2), digit, source in placed:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": digit + 1,
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                "iscrowd": 0, "source_index": source})
-    coco = {"info": {"description": f"gpnas digits {split}", "generator_version": GENERATOR_VERSION},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": d + 1, "name": str(d)} for d in range(10)]}
-    (folder / f"instances_{split}.json").write_text(json.dumps(coco, separators=(",", ":")), encoding="utf-8")
-
-
-def default_cache_dir() -> Path:
-    """``$GPNAS_CACHE`` if set, else ``~/.cache/gpnas``."""
-    return Path(os.environ.get("GPNAS_CACHE") or Path.home() / ".cache" / "gpnas")
-
-
-def build_digits_dataset(
-    root: Path | str | None = None,
-    *,
-    seed: int = 0,
-    img_size: int = 160,
-    n_train: int = 2000,
-    n_val: int = 300,
-) -> DigitsPaths:
-    """Write (once) the bundled digits detection set and return its paths.
-
-    Real 8×8 scans from ``sklearn.datasets.load_digits`` are painted, 1 to 6 per image, at 12..68 px (tight
-    boxes roughly 10..64 px, pairwise IoU <= 0.3) on textured, tinted, noisy ``img_size``² RGB canvases in
-    random ink colours; category id ``d + 1`` is digit ``d``. Train and val draw from disjoint scans (seeded
-    80/20 split; each annotation keeps its ``source_index``). The set lives in
-    ``{root}/digits-v{GENERATOR_VERSION}-s{seed}-{img_size}-{n_train}-{n_val}`` (``root`` defaults to
-    :func:`default_cache_dir`); its files are bit-identical for a seed. It is built in a temp folder and
-    renamed into place, so a killed or concurrent build never leaves half a set.
-    """
-    from sklearn.datasets import load_digits  # sklearn is slow to import; only the generator needs it
-
-    if img_size < 2 * _MIN_PATCH or min(n_train, n_val) < 1 or seed < 0:
-        raise DataError(f"build_digits_dataset needs img_size >= {2 * _MIN_PATCH}, n_train >= 1, n_val >= 1 "
-                        f"and seed >= 0; got img_size={img_size}, n_train={n_train}, n_val={n_val}, "
-                        f"seed={seed}")
-    manifest = {"generator_version": GENERATOR_VERSION, "seed": seed, "img_size": img_size,
-                "n_train": n_train, "n_val": n_val}
-    base = Path(root) if root is not None else default_cache_dir()
-    final = base / f"digits-v{GENERATOR_VERSION}-s{seed}-{img_size}-{n_train}-{n_val}"
-    if not final.exists():
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=base))
-        try:
-            digits = load_digits()
-            perm = np.random.default_rng([seed, 0]).permutation(len(digits.target))
-            cut = int(_TRAIN_FRACTION * len(perm))
-            _write_split(tmp, "train", np.sort(perm[:cut]), n_train, seed, img_size, digits)
-            _write_split(tmp, "val", np.sort(perm[cut:]), n_val, seed, img_size, digits)
-            (tmp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-            tmp.chmod(0o755)
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "manifest.json").is_file():  # not another process finishing first: a real error
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    _check_manifest(final, manifest)
-    return DigitsPaths(final, final / "train", final / "instances_train.json", final / "val",
-                       final / "instances_val.json")
-
-
-def _check_manifest(folder: Path, expected: dict[str, int]) -> None:
-    path = folder / "manifest.json"
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{folder} is not a complete digits set ({path}: {err}); delete the folder and it "
-                        "will be rebuilt") from err
-    if found != expected:
-        raise DataError(f"{path} says {found}, expected {expected}; delete {folder} and it will be rebuilt")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from gpnas.search_space.errors import DataError
-from gpnas.trainers.data import CocoDetection, build_digits_dataset, make_loader
+from gpnas.trainers.augment import Augment
+from gpnas.trainers.data import CocoDetection, LoaderOptions, make_loader
+from gpnas.trainers.digits import build_digits_dataset
 
 
 def _require_annotations(dataset: CocoDetection, split: str, why: str) -> None:
@@ -24,7 +27,11 @@ def _require_annotations(dataset: CocoDetection, split: str, why: str) -> None:
 
 @dataclass
 class ProxyData:
-    """Train and val datasets at one square size; the val split uses the train split's category ids."""
+    """Train and val datasets at one square size; the val split uses the train split's category ids.
+
+    Only the train split augments (``augment``: an :class:`~gpnas.trainers.augment.Augment`, or True / False);
+    ``cache`` ("auto", True, False) applies to both splits (see :class:`~gpnas.trainers.data.CocoDetection`).
+    """
 
     train: CocoDetection
     val: CocoDetection
@@ -38,33 +45,40 @@ class ProxyData:
     @classmethod
     def digits(
         cls, *, img_size: int = 160, seed: int = 0, n_train: int = 2000, n_val: int = 300, root: Path | None = None,
-        augment: bool = False,
+        augment: bool | Augment = False, cache: bool | Literal["auto"] = "auto",
     ) -> ProxyData:
         """The bundled offline digits set (built once into the cache folder). No flip augmentation by default:
         a mirrored digit is not the same digit (a mirrored 2 reads as a 5-like glyph)."""
         paths = build_digits_dataset(root, seed=seed, img_size=160, n_train=n_train, n_val=n_val)
         return cls.coco(paths.train_ann, paths.train_images, paths.val_ann, paths.val_images,
-                        img_size=img_size, augment=augment, name=f"digits-s{seed}-{n_train}")
+                        img_size=img_size, augment=augment, cache=cache, name=f"digits-s{seed}-{n_train}")
 
     @classmethod
     def coco(
         cls, train_ann: Path | str, train_images: Path | str, val_ann: Path | str, val_images: Path | str, *,
-        img_size: int, augment: bool = True, name: str | None = None,
+        img_size: int, augment: bool | Augment = True, cache: bool | Literal["auto"] = "auto",
+        name: str | None = None,
     ) -> ProxyData:
         """Any COCO-format pair (COCO 2017 included); val uses the train split's category ids. DataError if
-        either split has no annotations (nothing to learn from, or AP undefined), naming its file."""
-        train = CocoDetection(train_images, train_ann, img_size=img_size, augment=augment)
+        either split has no annotations (nothing to learn from, or AP undefined), naming its file.
+        ``augment=True`` is a horizontal flip with p = 0.5."""
+        train = CocoDetection(train_images, train_ann, img_size=img_size, augment=augment, cache=cache)
         _require_annotations(train, "train", "there is nothing to learn from")
-        val = CocoDetection(val_images, val_ann, img_size=img_size, augment=False, category_ids=train.category_ids)
+        val = CocoDetection(val_images, val_ann, img_size=img_size, augment=False, category_ids=train.category_ids,
+                            cache=cache)
         _require_annotations(val, "val", "AP is undefined")
         return cls(train=train, val=val, img_size=img_size, name=name or Path(train_ann).stem)
 
-    def train_loader(self, *, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
-        return make_loader(self.train, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True)
+    def train_loader(self, *, batch_size: int, seed: int,
+                     options: LoaderOptions | None = None) -> torch.utils.data.DataLoader:
+        """Shuffled and augmented batches of the train split, incomplete last batch dropped; see
+        :func:`~gpnas.trainers.data.make_loader` (the same ``seed`` gives the same batches with any workers)."""
+        return make_loader(self.train, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True,
+                           options=options)
 
-    def val_loader(self, *, batch_size: int = 64) -> torch.utils.data.DataLoader:
+    def val_loader(self, *, batch_size: int = 64, options: LoaderOptions | None = None) -> torch.utils.data.DataLoader:
         """The val split in file order (no shuffling, every image, the last batch possibly short)."""
-        return make_loader(self.val, batch_size=batch_size, shuffle=False, seed=0)
+        return make_loader(self.val, batch_size=batch_size, shuffle=False, seed=0, options=options)
 
     def box_sizes(self) -> np.ndarray:
         """Training box (w, h) in pixels of the letterboxed images: ndarray[N, 2] (for anchor fitting)."""

@@ -29,6 +29,7 @@ from torch import nn
 
 from gpnas.search_space.errors import ConfigError, TrainingDiverged
 from gpnas.trainers.callbacks import Callback
+from gpnas.trainers.data import to_model_input
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.device_slot import TrainingSlot
 from gpnas.trainers.ema import EMA
@@ -102,6 +103,8 @@ class ProxyTrainer:
     During a fit ``model`` is trained, ``eval_model`` is evaluated and returned as ``FitResult.model`` (``model``
     unless a callback such as EMA sets another), on ``device``. AP needs an evaluation callback,
     ``gpnas.objectives.accuracy.val_evaluation(data, config)``: without one ``FitResult.ap`` is 0.0.
+    ``final_evaluation`` is True during the evaluation at the end of training (an evaluation callback scores
+    the whole val split then, whatever ``config.val_subset`` says).
     """
 
     def __init__(self, config: TrainConfig | None = None, callbacks: Sequence[Callback] = ()) -> None:
@@ -113,10 +116,12 @@ class ProxyTrainer:
         self.eval_model: nn.Module | None = None
         self.device = torch.device(self.config.device)
         self.should_stop = False
+        self.final_evaluation = False
         self.step = 0
         self.epoch = 0
         self._clock = _Stopwatch()
         self._history: list[dict[str, float]] = []
+        self._final_at: int | None = None
 
     # ------------------------------------------------------------------ hooks
     def _emit(self, hook: str, *args: Any) -> None:
@@ -165,7 +170,8 @@ class ProxyTrainer:
 
     def _fit(self, model: nn.Module, data: ProxyData, budget: TrainBudget) -> FitResult:
         cfg, device = self.config, self.device
-        loader = data.train_loader(batch_size=cfg.batch_size, seed=cfg.seed)
+        options = cfg.loader_options()
+        loader = data.train_loader(batch_size=cfg.batch_size, seed=cfg.seed, options=options)
         if len(loader) == 0:
             raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {len(data.train)} training "
                               "images (incomplete batches are dropped); lower it")
@@ -185,20 +191,22 @@ class ProxyTrainer:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with self._in_slot():
-                    parts = self._train_step(model, loss_fn, opt, scaler, imgs.to(device), targets.to(device))
+                    inputs = to_model_input(imgs, device, non_blocking=options.pin_memory)
+                    parts = self._train_step(model, loss_fn, opt, scaler, inputs, targets.to(device))
                     self.step += 1
                     images += imgs.shape[0]
                     self._emit("on_step_end", parts)
                 if self.step in eval_at:
-                    self._evaluate()
+                    self._evaluate(final=self._exhausted(budget))
                     if self.should_stop:  # stopped at a rung: no more steps this epoch
                         break
                 timed_out = budget.max_seconds is not None and time.perf_counter() - wall_start >= budget.max_seconds
                 if timed_out or self._exhausted(budget):
                     break
             self.epoch += 1
-            if timed_out or self._exhausted(budget) or self.should_stop or self.epoch % cfg.eval_every == 0:
-                self._evaluate()
+            final = timed_out or self._exhausted(budget) or self.should_stop
+            if final or self.epoch % cfg.eval_every == 0:
+                self._evaluate(final=final)
             if self.should_stop or timed_out:
                 break
         result = self._result(images, timed_out)
@@ -208,9 +216,10 @@ class ProxyTrainer:
     def _start(self, model: nn.Module) -> None:
         self.model = self.eval_model = model
         self.step = self.epoch = 0
-        self.should_stop = False
+        self.should_stop = self.final_evaluation = False
         self._clock = _Stopwatch()
         self._history = []
+        self._final_at = None
 
     @contextmanager
     def _in_slot(self) -> Iterator[None]:
@@ -222,15 +231,24 @@ class ProxyTrainer:
         finally:
             self._slot.__exit__()
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, *, final: bool = False) -> None:
         """One evaluation point, off the training clock: ``on_evaluate`` fills the metrics in (AP with a
-        ValEvaluation), then ``on_epoch_end`` hands every callback the complete dict. At most one per step."""
+        ValEvaluation), then ``on_epoch_end`` hands every callback the complete dict. At most one per step,
+        except a final one after a val-subset evaluation of the same step (the last AP is the whole split's)."""
         if self._history and self._history[-1]["step"] == self.step:
-            return
+            subset_before = bool(self.config.val_subset) and self._final_at != self.step
+            if not (final and subset_before):
+                return
         with self._clock.paused():
             metrics = {"epoch": float(self.epoch), "step": float(self.step), "train_seconds": self._clock.elapsed()}
-            with self._slot:
-                self._emit("on_evaluate", self.eval_model, metrics)
+            self.final_evaluation = final
+            try:
+                with self._slot:
+                    self._emit("on_evaluate", self.eval_model, metrics)
+            finally:
+                self.final_evaluation = False
+            if final:
+                self._final_at = self.step
             self._history.append(metrics)
             self._emit("on_epoch_end", metrics)
 

@@ -5,17 +5,27 @@ budget) — also the ``train`` section of every search config — :class:`TrainB
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from gpnas.search_space.errors import ConfigError
+from gpnas.trainers.data import LoaderOptions
 from gpnas.trainers.loss import LossHyp
 
-__all__ = ["PROXY_HYP", "PROXY_STEPS", "TRIAL_MAX_SECONDS", "TrainBudget", "TrainConfig", "budget_label"]
+__all__ = ["MAX_AUTO_WORKERS", "PROXY_HYP", "PROXY_STEPS", "TRIAL_MAX_SECONDS", "TrainBudget", "TrainConfig",
+           "budget_label"]
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+#: ``num_workers: auto`` on CUDA: one loader worker per CPU the trial holds, at most this many.
+MAX_AUTO_WORKERS = 8
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _is_number(value: Any) -> bool:
@@ -98,7 +108,19 @@ class TrainConfig:
     seed 0 at the defaults). Per-step time is the model's (the loss is ~3 % and the cached loader ~1 %).
 
     Evaluation points: the end of every ``eval_every``-th epoch, every step count in ``eval_steps`` (the
-    rungs of successive halving, set by the search), and the end of training; never twice at one step.
+    rungs of successive halving, set by the search), and the end of training; never twice at one step, except
+    that the end of training is always scored on the whole val split (again, when a stop at a rung came right
+    after a ``val_subset`` evaluation of the same step). ``val_subset``: N > 0 scores the evaluation points
+    before the end on the first N val images (image-id order, the same N each time); ``None`` or 0: every
+    image at every point (the default: the digits set's 300 val images cost little).
+
+    Loader (throughput; what is read and how it is augmented is the search config's ``data`` section):
+    ``num_workers`` worker processes (``"auto"``: 0 on CPU — the default, where the digits images are cached
+    in memory and a worker would only add start-up time and memory — and on CUDA one per CPU the trial holds,
+    ``threads`` or else the CPUs this process may use, at most :data:`MAX_AUTO_WORKERS`); ``pin_memory``
+    (``"auto"``: on CUDA) makes the host-to-GPU copy non-blocking; ``persistent_workers`` keeps workers, and
+    their image caches, across epochs; ``prefetch_factor`` batches queued per worker (``None``: torch's 2).
+    An explicit value always wins. The batches are the same for a seed whatever the worker count.
 
     ``conf_thres``, ``iou_thres`` and ``max_det`` are read by ``gpnas.objectives.accuracy.val_evaluation``;
     ``ema`` makes :class:`ProxyTrainer` add the :class:`~gpnas.trainers.ema.EMA` callback.
@@ -124,9 +146,15 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     device: str = "cpu"
     threads: int | None = None
+    # ``| str``, not ``| Literal["auto"]``: any other word then reaches _rules, whose message states the rule
+    num_workers: int | str = "auto"
+    pin_memory: bool | str = "auto"
+    persistent_workers: bool = True
+    prefetch_factor: int | None = None
     seed: int = 0
     eval_every: int = 1
     eval_steps: tuple[int, ...] = ()
+    val_subset: int | None = None
     conf_thres: float = 0.001
     iou_thres: float = 0.6
     max_det: int = 100
@@ -168,12 +196,31 @@ class TrainConfig:
             "a positive gradient norm, or null for no clipping"
         yield "threads", self.threads is None or whole(self.threads, 1), \
             "an integer >= 1, or null for the search's budget.cpu (torch's default outside a search)"
+        yield "num_workers", self.num_workers == "auto" or whole(self.num_workers, 0), \
+            "'auto' or an integer >= 0 (DataLoader worker processes; 0 loads in the training process)"
+        yield "pin_memory", self.pin_memory == "auto" or isinstance(self.pin_memory, bool), \
+            "'auto' (on CUDA only), true or false"
+        yield "persistent_workers", isinstance(self.persistent_workers, bool), "true or false"
+        yield "prefetch_factor", self.prefetch_factor is None or whole(self.prefetch_factor, 1), \
+            "an integer >= 1 (batches queued per worker), or null for torch's default (2)"
         yield "eval_every", whole(self.eval_every, 1), ">= 1 (epochs)"
         yield "eval_steps", isinstance(self.eval_steps, (tuple, list)) and all(whole(s, 1) for s in self.eval_steps), \
             "a list of step counts >= 1 (extra evaluation points, e.g. successive-halving rungs)"
+        yield "val_subset", self.val_subset is None or whole(self.val_subset, 0), \
+            "an integer >= 0 (val images scored before the end of training; 0 or null: all)"
         yield "conf_thres", num(self.conf_thres) and 0 < self.conf_thres <= 1, "in (0, 1] (a score threshold)"
         yield "iou_thres", num(self.iou_thres) and 0 < self.iou_thres <= 1, "in (0, 1] (the NMS IoU threshold)"
         yield "max_det", whole(self.max_det, 1), "an integer >= 1 (detections kept per image)"
+
+    def loader_options(self) -> LoaderOptions:
+        """The loader keys resolved for ``device`` (see the class docstring: ``auto`` differs on CPU and CUDA)."""
+        cuda = self.device.startswith("cuda")
+        workers = self.num_workers
+        if workers == "auto":
+            workers = min(MAX_AUTO_WORKERS, self.threads or _usable_cpus()) if cuda else 0
+        pin = cuda if self.pin_memory == "auto" else self.pin_memory
+        return LoaderOptions(num_workers=int(workers), pin_memory=bool(pin),
+                             persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
 
     @property
     def budget(self) -> TrainBudget:
