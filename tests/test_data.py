@@ -19,7 +19,7 @@ from gpnas.objectives.accuracy import CocoEvaluator
 from gpnas.search_space.errors import DataError
 from gpnas.trainers import digits as digits_module
 from gpnas.trainers.augment import Augment, colour_matrix
-from gpnas.trainers.data import CocoDetection, LoaderOptions, collate, make_loader, to_model_input
+from gpnas.trainers.data import PAD_VALUE, CocoDetection, LoaderOptions, collate, make_loader, to_model_input
 from gpnas.trainers.digits import build_digits_dataset
 
 S = 64
@@ -312,6 +312,17 @@ def test_cache_setting(tiny: tuple[Path, Path]) -> None:
     image = on[0][0]
     image[:] = 0  # the caller's copy: the cache is untouched
     assert on[0][0].max() > 0 and len(on._cache) == 1
+
+
+def test_cached_and_decoded_items_are_the_same_under_augmentation(tiny: tuple[Path, Path]) -> None:
+    """Uncached, the colour jitter runs before the letterbox paste (cheaper); the pixels must not change."""
+    augment = Augment(flip=0.5, hsv_h=0.1, hsv_s=0.7, hsv_v=0.4)
+    on, off = (CocoDetection(*tiny, img_size=S, augment=augment, cache=c) for c in (True, False))
+    for i in range(len(on)):
+        for seed in range(6):
+            a, b = on[(i, [seed])], off[(i, [seed])]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert any(off[(0, [seed])][0][:, 0, 0].tolist() != [PAD_VALUE] * 3 for seed in range(6))  # pad jittered too
 
 
 def test_one_worker_gives_the_batches_of_none(tiny: tuple[Path, Path]) -> None:
