@@ -285,8 +285,11 @@ def sync(
     search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
     root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the search's).")] = None,
+    weights: Annotated[bool, typer.Option("--weights", help="Also copy the trained weights back from MLflow.")]
+    = False,
 ) -> None:
-    """Backfill MLflow from the study (after a tracking outage) and re-tag the Pareto front."""
+    """Backfill MLflow from the study (after a tracking outage), re-tag the Pareto front, and copy back from
+    MLflow what the search folder lacks (spec files; weights with --weights: trials run on other machines)."""
     from gpnas.experiments.config import load_config
     from gpnas.experiments.search_api import open_search
     from gpnas.results.tracking import MlflowTracker
@@ -298,7 +301,9 @@ def sync(
     tracker.start_search(cfg.info())
     logged = tracker.sync(cfg.info())
     tracker.finish_search(cfg.info())
-    say(f"logged {logged} missing trial runs; Pareto tags updated. ", tracker.how_to_open())
+    restored = tracker.restore_local(cfg.info(), weights=weights)
+    say(f"logged {logged} missing trial runs; Pareto tags updated; copied {len(restored)} missing files back "
+        f"into {folder}. ", tracker.how_to_open())
 
 
 @app.command()
@@ -309,7 +314,7 @@ def ui(
 ) -> None:
     """Serve the MLflow UI for a search's local store on 127.0.0.1."""
     from gpnas.experiments.search_api import open_search
-    from gpnas.results.tracking import serve_ui
+    from gpnas.results.ui_server import serve_ui
 
     folder, _ = open_search(search, root)
     raise typer.Exit(serve_ui(folder, port))

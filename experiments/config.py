@@ -101,10 +101,25 @@ class SamplerConfig(_Section):
 
 
 class BudgetConfig(_Section):
+    """Trials and what each one holds. ``resources`` are custom Ray resources per trial (e.g. ``{trainer: 1}``):
+    trials then run only on the nodes started with them (`ray start --resources '{"trainer": 4}'`)."""
+
     num_trials: int = 12
     max_concurrent: int = 2
     cpu: float = 1.0
     gpu: float = 0.0
+    resources: dict[str, float] = {}
+
+    @field_validator("resources")
+    @classmethod
+    def _custom(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name.upper() in ("CPU", "GPU") or name.lower() in ("memory", "object_store_memory"):
+                raise ValueError(f"budget.resources.{name}: set CPUs and GPUs with budget.cpu / budget.gpu; "
+                                 "resources holds custom Ray resources only")
+            if not (math.isfinite(amount) and amount > 0):
+                raise ValueError(f"budget.resources.{name} must be a positive amount per trial, got {amount}")
+        return v
 
     @field_validator("num_trials", "max_concurrent")
     @classmethod

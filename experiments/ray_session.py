@@ -113,10 +113,18 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                           "machine") from None
 
 
-def check_resources(cpu: float, gpu: float) -> None:
+def check_resources(cpu: float, gpu: float, custom: dict[str, float] | None = None) -> None:
     """Refuse a per-trial request the cluster can never schedule (Tune would wait forever at '0 running')."""
     ray = import_ray()
     total = ray.cluster_resources()
+    for name, amount in (custom or {}).items():
+        have = float(total.get(name, 0))
+        if amount > have:
+            known = sorted(k for k in total if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                           and not k.startswith(("node:", "accelerator_type:")))
+            raise ConfigError(f"budget.resources.{name}={amount:g} per trial, but this Ray cluster has {have:g} of "
+                              f"it (custom resources: {known or 'none'}); start the worker nodes with "
+                              f"`ray start --resources '{{\"{name}\": N}}'` or change budget.resources")
     have_cpu, have_gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
     if gpu > have_gpu:
         raise ConfigError(f"budget.gpu={gpu:g} per trial, but this Ray cluster has {have_gpu:g} GPU(s); set "

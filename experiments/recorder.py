@@ -47,6 +47,7 @@ class Recorder:
         self.asked: dict[str, Any] = {}  # Tune trial id -> its open Optuna trial
         self.evaluations: dict[str, list[dict[str, float]]] = {}  # Tune trial id -> its reported evaluations
         self.rung_log: dict[str, list[dict[str, Any]]] = {}  # Tune trial id -> its rung decisions
+        self.run_of: dict[str, str] = {}  # Tune trial id -> its live MLflow run
         self.halving: SuccessiveHalving | None = None
         self.unit = "step"
         if cfg.early_stopping.enabled:
@@ -94,10 +95,26 @@ class Recorder:
     def cached(self, arch_id: str) -> TrialResult | None:
         return self.by_arch.get(arch_id)
 
+    def started(self, trial_id: str, ot_trial: Any, params: dict[str, Any], spec_yaml: str | None) -> str | None:
+        """A trial is about to run: its MLflow run is made now (RUNNING, genes, spec) and its id kept in the
+        study, so the run is there to watch while the trial trains. -> the run id (None without MLflow)."""
+        if self.tracker is None:
+            return None
+        run_id = self.tracker.start_trial_safe(ot_trial.number, ot_trial.user_attrs.get("arch_id", "unknown"),
+                                               params, spec_yaml)
+        if run_id:
+            ot_trial.set_user_attr("mlflow_run_id", run_id)
+            self.run_of[trial_id] = run_id
+        return run_id
+
     def progress(self, trial_id: str, result: dict[str, Any]) -> None:
         self.running[trial_id] = time.time()
         if "ap" in result and not result.get("gpnas_result"):
-            self.evaluations.setdefault(trial_id, []).append(_evaluation(result))
+            evaluations = self.evaluations.setdefault(trial_id, [])
+            evaluations.append(_evaluation(result))
+            run_id = self.run_of.get(trial_id)
+            if self.tracker is not None and run_id is not None:  # live: the curve grows while the trial trains
+                self.tracker.log_evaluation_safe(run_id, len(evaluations), evaluations[-1])
 
     def _stopped_at_rung(self, trial_id: str) -> dict[str, Any] | None:
         log = self.rung_log.get(trial_id) or []
@@ -106,6 +123,7 @@ class Recorder:
     def finish(self, study: Any, ot_trial: Any, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         self.running.pop(trial_id, None)
         self.asked.pop(trial_id, None)
+        run_id = self.run_of.pop(trial_id, None)
         if not (result or {}).get("gpnas_result") and not error and self._stopped_at_rung(trial_id) is None:
             # stopped before it reported its result, not by successive halving: the search is stopping (Ctrl-C,
             # or another trial hit a bug). Left RUNNING; the runner re-queues it (interrupted), so no half
@@ -122,7 +140,7 @@ class Recorder:
         self.folder.write_trial(ot_trial.number, tr, spec_yaml)
         if self.tracker is not None:  # before tell: the run id can only be stored while the trial is open
             rec = TrialRecord(number=ot_trial.number, state=tr.state, reason=tr.reason, arch_id=tr.arch_id,
-                              values=None, result=tr, mlflow_run_id=None, params=dict(ot_trial.params))
+                              values=None, result=tr, mlflow_run_id=run_id, params=dict(ot_trial.params))
             run_id = self.tracker.log_trial_safe(rec)
             if run_id:
                 ot_trial.set_user_attr("mlflow_run_id", run_id)

@@ -124,7 +124,7 @@ def _check_new_or_resumable(cfg: SearchConfig, storage: Any, folder: SearchFolde
 
 # ---------------------------------------------------------------------------------------------- tune
 def _tuner(cfg: SearchConfig, folder: SearchFolder, space: SearchSpace, recorder: Recorder, storage: Any,
-           remaining: int, already: int, resumed_after: int) -> Any:
+           remaining: int, already: int, resumed_after: int, tracking_uri: str | None) -> Any:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -134,19 +134,28 @@ def _tuner(cfg: SearchConfig, folder: SearchFolder, space: SearchSpace, recorder
     )
     scheduler = rung_scheduler(recorder) if cfg.early_stopping.enabled else None
     fn = tune.with_parameters(trainable, cfg_json=cfg.model_dump_json(), base_json=space.base.model_dump_json(),
-                              weights_dir=str(folder.weights))
+                              weights_dir=str(folder.weights), tracking_uri=tracking_uri)
     part = len(list(folder.ray.glob("part-*"))) if folder.ray.is_dir() else 0
     search_alg, max_concurrent = searcher, cfg.budget.max_concurrent
     if cfg.sampler.reproducible:  # rounds: the sampler sees the same finished trials whatever the timing
         search_alg, max_concurrent = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent, batch=True), None
     return tune.Tuner(
-        tune.with_resources(fn, {"cpu": cfg.budget.cpu, "gpu": cfg.budget.gpu}),
+        tune.with_resources(fn, {"cpu": cfg.budget.cpu, "gpu": cfg.budget.gpu, **cfg.budget.resources}),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=remaining,
                                     max_concurrent_trials=max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"part-{part}", storage_path=str(folder.ray), verbose=0, stop=stop_on_internal_error(recorder),
             callbacks=[progress_callback(recorder, cfg.budget.num_trials, already, time.time())]),
     )
+
+
+def _say_where_artifacts_go(cfg: SearchConfig, tracker: MlflowTracker, console: Console) -> None:
+    """A cluster search with the embedded SQLite store: trials on other machines cannot reach it."""
+    if cfg.ray_address and tracker.uri.startswith("sqlite:"):
+        console.print(f"note: this search runs on the Ray cluster at {cfg.ray_address} but logs to the local "
+                      f"store {tracker.uri}: trials on other machines cannot log their weights there (they stay "
+                      "on the machine that trained them). For a cluster, run `mlflow server --serve-artifacts` and "
+                      "pass --tracking-uri http://HOST:PORT", markup=False, highlight=False)
 
 
 def _finish(cfg: SearchConfig, tracker: MlflowTracker | None, recorder: Recorder, study: Any,
@@ -210,7 +219,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | No
         spent = resume and st.finished(st.records(st.load_study(folder, cfg.name))) >= cfg.budget.num_trials
         with contextlib.nullcontext() if spent else ray_session(cfg.ray_address, folder):
             if not spent:
-                check_resources(cfg.budget.cpu, cfg.budget.gpu)
+                check_resources(cfg.budget.cpu, cfg.budget.gpu, cfg.budget.resources)
             save_config(cfg, folder.path)
             study, requeued = _open_study(cfg, storage, resume, enqueue)
             recs = st.records(study, refined=False)  # the search's own results: what a repeat reuses
@@ -219,6 +228,9 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | No
             recorder.load(recs)
             if tracker is not None:
                 tracker.start_search(cfg.info())
+                if resume:  # the runs of trials the killed driver left running end as KILLED
+                    tracker.sync(cfg.info())
+                _say_where_artifacts_go(cfg, tracker, console)
             if remaining <= 0:
                 console.print(f"search '{cfg.name}' has used its whole budget ({cfg.budget.num_trials} trials)",
                               markup=False)
@@ -229,5 +241,5 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | No
             console.print(space.describe(), highlight=False, markup=False)
             resumed_after = sum(1 for r in recs if r.state != "waiting") if resume else 0
             seconds = _fit(_tuner(cfg, folder, space, recorder, storage, remaining, st.finished(recs),
-                                  resumed_after))
+                                  resumed_after, tracker.uri if tracker is not None else None))
         return _finish(cfg, tracker, recorder, study, seconds)

@@ -9,15 +9,19 @@ anything else raised inside the trainable is a bug in gpnas, not a bad candidate
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments.config import SearchConfig
 from gpnas.experiments.evaluate import evaluate_candidate, failure_result
 from gpnas.results.records import TrialResult
+from gpnas.results.trial_artifacts import log_trial_artifacts, logs_here
 from gpnas.search_space.errors import GpnasError
 from gpnas.search_space.space import SearchSpace
 from gpnas.search_space.spec import ArchSpec
@@ -62,7 +66,7 @@ def _candidate(space: SearchSpace, params: dict[str, Any]) -> ArchSpec | TrialRe
                            spec={"invalid_params": params, "error": str(err)})
 
 
-def _run_trial(config: dict[str, Any], cfg: SearchConfig, base_json: str, weights_dir: str) -> TrialResult:
+def _run_trial(config: dict[str, Any], cfg: SearchConfig, base_json: str, weights_dir: Path) -> TrialResult:
     from ray import tune
 
     space = SearchSpace.from_config(ArchSpec(**json.loads(base_json)),
@@ -74,11 +78,37 @@ def _run_trial(config: dict[str, Any], cfg: SearchConfig, base_json: str, weight
     def report(metrics: dict[str, float]) -> None:
         tune.report({**metrics, "gpnas_state": "running"})
 
-    return evaluate_candidate(spec, cfg, report, weights_dir=Path(weights_dir))
+    return evaluate_candidate(spec, cfg, report, weights_dir=weights_dir)
 
 
-def trainable(config: dict[str, Any], cfg_json: str, base_json: str, weights_dir: str) -> None:
-    """Runs in a Ray worker: rebuild the candidate from its parameters, evaluate it, report the result."""
+def _node() -> dict[str, str]:
+    """The Ray node this trial runs on: its IP address and node id."""
+    import ray
+
+    return {"ip": ray.util.get_node_ip_address(), "id": ray.get_runtime_context().get_node_id()}
+
+
+def _log_artifacts(result: TrialResult, run_id: str | None, tracking_uri: str | None) -> None:
+    """From this node, the trial's weights and tables into its MLflow run (``result.artifacts`` lists them); a
+    failure is a warning: the driver logs what it has from its own copy, the rest stays on this node."""
+    if not run_id or not tracking_uri or not logs_here(tracking_uri):
+        return
+    weights = Path(result.weights_path) if result.weights_path else None
+    try:
+        result.artifacts = log_trial_artifacts(tracking_uri, run_id, arch_id=result.arch_id,
+                                               gp_layers=result.gp_layers, latency=result.latency, weights=weights)
+    except Exception as err:  # any tracking failure is the store's, not the candidate's: warn, keep the result
+        warnings.warn(f"trial {result.arch_id}: logging its artifacts to MLflow run {run_id} at {tracking_uri} "
+                      f"failed ({type(err).__name__}: {err}); the driver logs what it has", stacklevel=2)
+
+
+def trainable(config: dict[str, Any], cfg_json: str, base_json: str, weights_dir: str,
+              tracking_uri: str | None = None) -> None:
+    """Runs in a Ray worker: rebuild the candidate from its parameters, evaluate it, log its artifacts to its
+    MLflow run from here, report the result.
+
+    Weights are saved into the search folder's ``weights/`` when that folder is on this node (the driver's
+    machine, or a shared disk); on another node they go to a temporary folder, into the run, and are deleted."""
     from ray import tune
 
     start = time.perf_counter()
@@ -86,14 +116,22 @@ def trainable(config: dict[str, Any], cfg_json: str, base_json: str, weights_dir
     if reuse:
         tune.report({**json.loads(reuse)["metrics"], "gpnas_state": "reused", "gpnas_result": reuse})
         return
-    try:
-        result = _run_trial(config, SearchConfig(**json.loads(cfg_json)), base_json, weights_dir)
-    except Exception as exc:  # not a declared trial failure: a bug in gpnas; the driver stops the search
-        failed = failure_result(None, exc, time.perf_counter() - start)
-        failed.reason = f"internal error (a bug in gpnas, not this candidate): {failed.reason}"
-        tune.report({"gpnas_state": "error", "gpnas_result": failed.to_json(),
-                     "gpnas_traceback": "".join(traceback.format_exception(exc))})
-        return
+    run_id = config.get("gpnas_run_id")
+    here = Path(weights_dir).parent.is_dir() or not (run_id and tracking_uri and logs_here(tracking_uri))
+    with contextlib.ExitStack() as stack:
+        wdir = Path(weights_dir) if here else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        try:
+            result = _run_trial(config, SearchConfig(**json.loads(cfg_json)), base_json, wdir)
+        except Exception as exc:  # not a declared trial failure: a bug in gpnas; the driver stops the search
+            failed = failure_result(None, exc, time.perf_counter() - start)
+            failed.reason = f"internal error (a bug in gpnas, not this candidate): {failed.reason}"
+            tune.report({"gpnas_state": "error", "gpnas_result": failed.to_json(),
+                         "gpnas_traceback": "".join(traceback.format_exception(exc))})
+            return
+        result.node = _node()
+        _log_artifacts(result, run_id, tracking_uri)
+        if not here and result.weights_path:  # the copy that counts is the run's; name where the cache would be
+            result.weights_path = str(Path(weights_dir) / Path(result.weights_path).name)
     tune.report({**result.metrics, "gpnas_state": result.state, "gpnas_result": result.to_json()})
 
 
@@ -163,11 +201,11 @@ def searcher_class() -> type:
         def _told(self) -> set[str]:
             return self._completed_trials
 
-        def _arch_id(self, params: dict[str, Any]) -> str:
+        def _spec(self, params: dict[str, Any]) -> ArchSpec | None:
             try:
-                return self.gp_space.from_params(params).arch_id
+                return self.gp_space.from_params(params)
             except GpnasError:
-                return "invalid"
+                return None
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
             import optuna
@@ -176,7 +214,8 @@ def searcher_class() -> type:
                 params = super().suggest(trial_id)
                 if not isinstance(params, dict):
                     return params
-                arch_id, ot_trial = self._arch_id(params), self._asked(trial_id)
+                spec, ot_trial = self._spec(params), self._asked(trial_id)
+                arch_id = spec.arch_id if spec is not None else "invalid"
                 first = self._taken(ot_trial).get(arch_id)
                 if first is None or arch_id == "invalid" or attempt == MAX_REASKS:
                     break
@@ -189,6 +228,9 @@ def searcher_class() -> type:
             ot_trial.set_user_attr("arch_id", arch_id)
             ot_trial.set_user_attr("tune_trial_id", trial_id)
             self.recorder.asked[trial_id] = ot_trial
+            run_id = self.recorder.started(trial_id, ot_trial, params, spec.to_yaml() if spec is not None else None)
+            if run_id is not None:  # the trial's node logs its weights and tables to this run
+                params = {**params, "gpnas_run_id": run_id}
             cached = self.recorder.cached(arch_id)
             if cached is not None:
                 params = {**params, "gpnas_reuse": cached.to_json()}

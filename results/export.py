@@ -126,18 +126,53 @@ def check_out(out: Path, *, force: bool = False) -> None:
                           "the export writes")
 
 
-def _sources(search: SearchInfo, rec: TrialRecord, weights: bool) -> tuple[Path, Path | None]:
-    """The trial's spec (and weights) file, checked before anything is written."""
+def _tracking_uri(search: SearchInfo) -> str | None:
+    """Where the search's runs are: its tracking server, or the folder's own store when it has one."""
+    if search.tracking_uri:
+        return search.tracking_uri
+    return search.folder.mlflow_uri if search.folder.mlflow_db.is_file() else None
+
+
+def _from_mlflow(search: SearchInfo, runs: list[str], artifact: str, dst: Path) -> Path | None:
+    """The first of ``runs`` that holds ``artifact``, downloaded to ``dst`` (this machine's cache); None if none."""
+    from gpnas.results.trial_artifacts import fetch_artifact
+
+    uri = _tracking_uri(search)
+    for run_id in runs if uri else []:
+        got = fetch_artifact(uri, run_id, artifact, dst)  # type: ignore[arg-type]
+        if got is not None:
+            return got
+    return None
+
+
+def _sources(search: SearchInfo, recs: list[TrialRecord], rec: TrialRecord, weights: bool
+             ) -> tuple[Path, Path | None]:
+    """The trial's spec (and weights) file, checked before anything is written. A file missing here (a
+    trial run on another machine of a cluster, or a moved folder) is fetched from the trial's MLflow run."""
+    from gpnas.results.trial_artifacts import weights_artifact
+
     spec_src = search.folder.trial_spec(rec.number)
-    if not spec_src.is_file():
-        raise ConfigError(f"{spec_src} is missing; the search folder is incomplete (was it moved?)")
+    runs = [rec.mlflow_run_id] if rec.mlflow_run_id else []
+    if not spec_src.is_file() and _from_mlflow(search, runs, "spec.yaml", spec_src) is None:
+        raise ConfigError(f"{spec_src} is missing and no MLflow run of trial {rec.number} holds spec.yaml; the "
+                          "search folder is incomplete (was it moved? `gpnas sync` restores it from MLflow)")
     if not weights:
         return spec_src, None
     result = rec.result
-    src = Path(result.weights_path) if result and result.weights_path else None
-    if src is None or not src.is_file():
-        raise ConfigError(f"trial {rec.number} has no saved weights ({src}); re-run it with weights saved")
-    return spec_src, src
+    saved = [Path(result.weights_path)] if result and result.weights_path else []
+    for src in [*saved, search.folder.weights_file(rec.arch_id or "")]:
+        if src.is_file():
+            return spec_src, src
+    # the same architecture trained once: any trial of it may hold the weights (a reused trial holds none)
+    runs += [r.mlflow_run_id for r in recs if r.arch_id == rec.arch_id and r.mlflow_run_id and r is not rec]
+    fetched = _from_mlflow(search, runs, weights_artifact(rec.arch_id or ""),
+                           search.folder.weights_file(rec.arch_id or ""))
+    if fetched is None:
+        where = f"at {_tracking_uri(search)}" if _tracking_uri(search) else "(this search has no MLflow store)"
+        raise ConfigError(f"trial {rec.number} ({rec.arch_id}) has no saved weights here "
+                          f"({saved[0] if saved else search.folder.weights_file(rec.arch_id or '')}) nor in its "
+                          f"MLflow runs {where}; export without --weights, or re-run the trial")
+    return spec_src, fetched
 
 
 def _entry(rec: TrialRecord, sources: tuple[Path, Path | None], out: Path) -> dict[str, Any]:
@@ -163,7 +198,7 @@ def export(search: SearchInfo, pick: str, out: Path, *, weights: bool = False, f
     check_out(out, force=force)
     recs = st.records(st.load_study(search.folder, search.name))
     chosen = pick_records(recs, search, pick)
-    sources = [_sources(search, rec, weights) for rec in chosen]
+    sources = [_sources(search, recs, rec, weights) for rec in chosen]
     settings = search.settings
     manifest: dict[str, Any] = {
         "search": search.name, "folder": str(search.folder.path), "pick": pick, "objectives": list(search.objectives),

@@ -43,6 +43,11 @@ class TrialResult:
     rungs: list[dict[str, Any]] = field(default_factory=list)
     #: refinement: {"ap_mean", "ap_sd", "ap": [...], "seeds": [...], "budget": {...}} once the trial was retrained
     refined: dict[str, Any] | None = None
+    #: the Ray node that evaluated the trial (its IP address), when it ran under Ray
+    node: str | None = None
+    #: the artifact files the evaluating node logged to the trial's MLflow run itself (weights/<arch_id>.pt,
+    #: gradient_path_layers.csv, latency.json); the driver logs the others it can from its own copy
+    artifacts: list[str] = field(default_factory=list)
 
     def objective_values(self, objectives: tuple[str, ...] | list[str]) -> list[float]:
         return [float(self.metrics.get(o, math.nan)) for o in objectives]

@@ -1,10 +1,12 @@
-"""MLflow layout of a search (the only module that imports mlflow).
+"""MLflow layout of a search, the driver's side (the trial's node writes through ``trial_artifacts``; these two
+are the only modules that import mlflow).
 
 One experiment per search name; one parent run per search (config as params and artifact, hypervolume history,
-trial counts by state, the report); one child run per trial, linked by ``mlflow.parentRunId`` (params = genes +
-arch_id; metrics = ap, ap50, gflops, params, latency_ms, per-epoch AP as steps, the ``gp_`` aggregates; tags =
-state, failure reason, ``is_pareto``, ``pareto_rank``; artifacts = spec YAML, per-layer gradient-path CSV,
-latency protocol JSON).
+trial counts by state, the report); one child run per trial, linked by ``mlflow.parentRunId``, made RUNNING when
+the trial starts (params = genes + arch_id, the spec YAML), per-epoch AP logged live as steps, ended when the trial
+ends (metrics = ap, ap50, gflops, params, latency_ms, the ``gp_`` aggregates; tags = state, failure reason, node,
+``is_pareto``, ``pareto_rank``; artifacts = per-layer gradient-path CSV, latency protocol JSON, weights) or closed
+as KILLED when a resumed search finds it left RUNNING by a killed driver.
 
 The Optuna study is the source of truth: MLflow is written from it, a trial's run id is stored back in the
 study, and ``sync`` backfills whatever MLflow missed (server down mid-search), idempotently.
@@ -12,7 +14,6 @@ study, and ``sync`` backfills whatever MLflow missed (server down mid-search), i
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -26,9 +27,16 @@ from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder
 from gpnas.results.front import front_summary
 from gpnas.results.records import SearchInfo, TrialRecord
+from gpnas.results.trial_artifacts import (
+    WEIGHTS_DIR,
+    fetch_artifact,
+    local_weights,
+    weights_artifact,
+    write_trial_files,
+)
 from gpnas.search_space.errors import ConfigError
 
-__all__ = ["MlflowTracker", "serve_ui"]
+__all__ = ["MlflowTracker"]
 
 _OTHER_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops", "gflops_640", "params",
                   "params_m", "params_fused", "latency_ms", "latency_pred_ms", "latency_measured_ms", "latency_iqr_ms",
@@ -39,7 +47,14 @@ def _logged_metric(key: str) -> bool:
     """Which result metrics become MLflow metrics: every objective, the figures above, the gp_* aggregates."""
     return key in OBJECTIVES or key in _OTHER_METRICS or key.startswith("gp_")
 RUN_STATUS = {"complete": "FINISHED", "infeasible": "FINISHED", "pruned": "KILLED", "failed": "FAILED",
-              "timeout": "KILLED", "interrupted": "FAILED"}
+              "timeout": "KILLED", "interrupted": "KILLED"}
+#: the artifact folder of a trial's run that holds its trained weights, ``weights/<arch_id>.pt``
+def _params(params: dict[str, Any], arch_id: str | None) -> dict[str, str]:
+    """A trial's genes (and arch_id) as MLflow param values."""
+    out = {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in params.items()
+           if not k.startswith("gpnas_")}
+    out["arch_id"] = arch_id or "unknown"
+    return {k: v[:6000] for k, v in out.items()}
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -69,6 +84,8 @@ class MlflowTracker:
         import mlflow  # noqa: F401  (fail here, clearly, if missing)
         from mlflow.tracking import MlflowClient
 
+        # a server store makes MLflow print two links on every ended run; gpnas prints the one link that matters
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.folder = folder
         self.client = MlflowClient(tracking_uri=uri)
@@ -99,13 +116,29 @@ class MlflowTracker:
             ) from None
 
     def _experiment(self, name: str) -> str:
+        """The experiment ``name``, made when missing; either way it opens on the runs table in gpnas' views."""
+        import time
+
+        from gpnas.results import mlflow_view
+
+        now_ms = int(time.time() * 1000)
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            self._update_experiment_view(exp.experiment_id, dict(exp.tags), now_ms)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
             location = self.folder.mlflow_artifacts.as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags=mlflow_view.experiment_tags(created_ms=now_ms))
+
+    def _update_experiment_view(self, experiment_id: str, tags: dict[str, str], now_ms: int) -> None:
+        """An experiment made before gpnas set its kind and views (or with older views) gets them; a no-op when
+        it has them already."""
+        from gpnas.results import mlflow_view
+
+        for key, value in mlflow_view.missing_tags(tags, created_ms=now_ms).items():
+            self.client.set_experiment_tag(experiment_id, key, value)
 
     def start_search(self, search: SearchInfo) -> None:
         """Find or create the experiment and the search's parent run (one per search folder)."""
@@ -137,47 +170,109 @@ class MlflowTracker:
             self.client.log_artifact(self.parent_id, str(config))
 
     # ------------------------------------------------------------------------------------------- trials
-    def log_trial_safe(self, rec: TrialRecord) -> str | None:
-        """Log one trial; an MLflow failure is a warning (the study keeps it; `gpnas sync` backfills)."""
-        try:
-            return self.log_trial(rec)
-        except Exception as err:
-            if not self._warned:
-                warnings.warn(f"MLflow logging failed ({type(err).__name__}: {err}); results stay in the study, "
-                              "run `gpnas sync` once the tracking store is back", stacklevel=2)
-                self._warned = True
-            return None
-
-    def run_ids(self) -> dict[int, str]:
-        """Trial number -> child run id, for the runs already in MLflow under this search's parent."""
+    def run_index(self) -> dict[int, tuple[str, str]]:
+        """Trial number -> (child run id, run status), for the runs already in MLflow under this search's parent."""
         assert self.experiment_id is not None and self.parent_id is not None, "start_search first"
         runs = self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
                                        max_results=50_000)
-        return {int(r.data.tags["gpnas.trial"]): r.info.run_id for r in runs if "gpnas.trial" in r.data.tags}
+        return {int(r.data.tags["gpnas.trial"]): (r.info.run_id, r.info.status)
+                for r in runs if "gpnas.trial" in r.data.tags}
 
-    def log_trial(self, rec: TrialRecord, existing: dict[int, str] | None = None) -> str:
-        """The child run of one trial; a trial that already has a run under this parent is not logged again."""
+    def run_ids(self) -> dict[int, str]:
+        """Trial number -> child run id, for the runs already in MLflow under this search's parent."""
+        return {number: run_id for number, (run_id, _) in self.run_index().items()}
+
+    # ------------------------------------------------------------------------------------------- live trials
+    def start_trial(self, number: int, arch_id: str, params: dict[str, Any], spec_yaml: str | None) -> str:
+        """The run of a trial that starts now: state RUNNING, its genes as params, its spec YAML as an artifact.
+        :meth:`log_evaluation` adds the evaluations as they happen, :meth:`log_trial` ends it."""
+        from mlflow.entities import Param
+
         assert self.experiment_id is not None and self.parent_id is not None, "start_search first"
-        existing = self.run_ids() if existing is None else existing
-        if rec.number in existing:
-            return existing[rec.number]
-        tags = {"mlflow.parentRunId": self.parent_id, "gpnas.role": "trial", "gpnas.trial": str(rec.number),
-                "gpnas.state": rec.state, "arch_id": rec.arch_id or "unknown", "is_pareto": "false"}
-        if rec.reason:
-            tags["gpnas.reason"] = rec.reason[:5000]
-        run = self.client.create_run(self.experiment_id, run_name=f"trial {rec.number:04d} {rec.arch_id}", tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=f"trial {number:04d} {arch_id}",
+                                     tags=self._trial_tags(number, "running", arch_id))
         run_id = run.info.run_id
-        self._log_trial_content(run_id, rec)
-        self.client.set_terminated(run_id, status=RUN_STATUS.get(rec.state, "FINISHED"))
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in _params(params, arch_id).items()])
+        if spec_yaml is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "spec.yaml"
+                path.write_text(spec_yaml)
+                self.client.log_artifact(run_id, str(path))
         return run_id
 
-    def _log_trial_content(self, run_id: str, rec: TrialRecord) -> None:
-        from mlflow.entities import Metric, Param
+    def start_trial_safe(self, number: int, arch_id: str, params: dict[str, Any], spec_yaml: str | None
+                         ) -> str | None:
+        """:meth:`start_trial`; an MLflow failure is a warning (the run is made when the trial ends, or by sync)."""
+        try:
+            return self.start_trial(number, arch_id, params, spec_yaml)
+        except Exception as err:  # any tracking failure: the study keeps the trial, sync backfills
+            self._warn(err)
+            return None
 
-        params = {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in rec.params.items()}
-        params["arch_id"] = rec.arch_id or "unknown"
+    def log_evaluation(self, run_id: str, index: int, evaluation: dict[str, float]) -> None:
+        """One evaluation of a running trial, as it happens: ``epoch_ap`` / ``epoch_ap50`` at step ``index``
+        (1 for the first; the same points :meth:`log_trial` writes from the history, so they are not doubled)."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(f"epoch_{key}", float(evaluation[key]), 0, index) for key in ("ap", "ap50")
+                   if key in evaluation]
+        if "train_seconds" in evaluation:
+            metrics.append(Metric("epoch_train_seconds", float(evaluation["train_seconds"]), 0, index))
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def log_evaluation_safe(self, run_id: str, index: int, evaluation: dict[str, float]) -> None:
+        try:
+            self.log_evaluation(run_id, index, evaluation)
+        except Exception as err:  # any tracking failure: the history reaches MLflow when the trial ends
+            self._warn(err)
+
+    # ------------------------------------------------------------------------------------------- ended trials
+    def _warn(self, err: Exception) -> None:
+        if not self._warned:
+            warnings.warn(f"MLflow logging failed ({type(err).__name__}: {err}); results stay in the study, "
+                          "run `gpnas sync` once the tracking store is back", stacklevel=3)
+            self._warned = True
+
+    def log_trial_safe(self, rec: TrialRecord) -> str | None:
+        """Log one trial; an MLflow failure is a warning (the study keeps it; `gpnas sync` backfills)."""
+        try:
+            return self.log_trial(rec)
+        except Exception as err:  # any tracking failure: the study keeps the trial, sync backfills
+            self._warn(err)
+            return None
+
+    def _trial_tags(self, number: int, state: str, arch_id: str | None) -> dict[str, str]:
+        assert self.parent_id is not None
+        return {"mlflow.parentRunId": self.parent_id, "gpnas.role": "trial", "gpnas.trial": str(number),
+                "gpnas.state": state, "arch_id": arch_id or "unknown", "is_pareto": "false"}
+
+    def log_trial(self, rec: TrialRecord, existing: dict[int, tuple[str, str]] | None = None) -> str:
+        """End the child run of one trial: the run made when it started (still RUNNING) gets its state, final
+        metrics and the artifacts its node did not log, then FINISHED / KILLED / FAILED; a trial without a run
+        gets a new one. A run that has already ended is left as it is (logging twice changes nothing)."""
+        assert self.experiment_id is not None and self.parent_id is not None, "start_search first"
+        existing = self.run_index() if existing is None else existing
+        if rec.number in existing:
+            run_id, status = existing[rec.number]
+            if status == "RUNNING":
+                self._end_trial_run(run_id, rec, new=False)
+            return run_id
+        tags = self._trial_tags(rec.number, rec.state, rec.arch_id)
+        run = self.client.create_run(self.experiment_id, run_name=f"trial {rec.number:04d} {rec.arch_id}", tags=tags)
+        self._end_trial_run(run.info.run_id, rec, new=True)
+        return run.info.run_id
+
+    def _end_trial_run(self, run_id: str, rec: TrialRecord, *, new: bool) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        tags = [RunTag("gpnas.state", rec.state), RunTag("arch_id", rec.arch_id or "unknown")]
+        if rec.reason:
+            tags.append(RunTag("gpnas.reason", rec.reason[:5000]))
         result = rec.result
+        if result is not None and result.node:
+            tags += [RunTag(f"gpnas.node_{k}", str(v)) for k, v in result.node.items()]
         metrics = []
         if result is not None:
             for key, value in result.metrics.items():
@@ -191,43 +286,67 @@ class MlflowTracker:
                 metrics.append(Metric("rung_ap", float(rung["ap"]), 0, int(rung["budget"])))
             if result.rungs:
                 metrics.append(Metric("rungs_reached", float(len(result.rungs)), 0, 0))
-        self.client.log_batch(run_id, metrics=metrics, params=[Param(k, v[:6000]) for k, v in params.items()])
-        self._log_trial_artifacts(run_id, rec)
+        params = [Param(k, v) for k, v in _params(rec.params, rec.arch_id).items()] if new else []
+        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        self._log_trial_artifacts(run_id, rec, spec=new)
+        self.client.set_terminated(run_id, status=RUN_STATUS.get(rec.state, "FINISHED"))
 
-    def _log_trial_artifacts(self, run_id: str, rec: TrialRecord) -> None:
-        spec = self.folder.trial_spec(rec.number)
-        if spec.is_file():
-            self.client.log_artifact(run_id, str(spec))
+    def _log_trial_artifacts(self, run_id: str, rec: TrialRecord, *, spec: bool) -> None:
+        """What the trial's node did not log itself, from this machine's copy: the spec (on a new run), the
+        per-layer table, the latency protocol, and the weights when they are here."""
+        done = set(rec.result.artifacts) if rec.result is not None else set()
+        spec_file = self.folder.trial_spec(rec.number)
+        if spec and spec_file.is_file():
+            self.client.log_artifact(run_id, str(spec_file))
         data = self.folder.read_trial(rec.number)
         with tempfile.TemporaryDirectory() as tmp:
-            layers = data.get("gp_layers") or []
-            if layers:
-                path = Path(tmp) / "gradient_path_layers.csv"
-                with path.open("w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=list(layers[0]))
-                    writer.writeheader()
-                    for row in layers:
-                        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                                         for k, v in row.items()})
-                self.client.log_artifact(run_id, str(path))
-            if data.get("latency"):
-                path = Path(tmp) / "latency.json"
-                path.write_text(json.dumps(data["latency"], indent=2))
-                self.client.log_artifact(run_id, str(path))
+            files = write_trial_files(Path(tmp), gp_layers=data.get("gp_layers") or [], latency=data.get("latency"))
+            for path in files:
+                if path.name not in done:
+                    self.client.log_artifact(run_id, str(path))
+        weights = local_weights(self.folder, rec)
+        if weights is not None and weights_artifact(rec.arch_id or "") not in done and rec.result is not None \
+                and rec.result.reused_from is None and not (rec.reason or "").startswith("same arch_id"):
+            self.client.log_artifact(run_id, str(weights), artifact_path=WEIGHTS_DIR)
 
     # ------------------------------------------------------------------------------------------- end
     def sync(self, search: SearchInfo) -> int:
-        """Backfill child runs for every ended trial without one; returns how many were logged."""
+        """Backfill child runs for every ended trial without one, and end the runs of trials that ended while
+        nobody logged it (a killed driver: the trial is ``interrupted`` and its run KILLED); -> runs logged."""
         if self.parent_id is None:
             self.start_search(search)
-        existing = self.run_ids()
+        existing = self.run_index()
         logged = 0
         for rec in st.records(st.load_study(search.folder, search.name)):
-            if rec.state in ("running", "waiting", "duplicate") or rec.number in existing:
+            if rec.state in ("running", "waiting", "duplicate"):
                 continue
-            existing[rec.number] = self.log_trial(rec, existing)
+            known = existing.get(rec.number)
+            if known is not None and known[1] != "RUNNING":
+                continue
+            run_id = self.log_trial(rec, existing)
+            existing[rec.number] = (run_id, RUN_STATUS.get(rec.state, "FINISHED"))
             logged += 1
         return logged
+
+    def restore_local(self, search: SearchInfo, *, weights: bool = False) -> list[Path]:
+        """Copy back from MLflow what this machine's search folder lacks: each trial's spec YAML, and with
+        ``weights`` the trained weights of the complete trials (the local folder is a cache of the runs).
+        -> the files written."""
+        if self.parent_id is None:
+            self.start_search(search)
+        runs, written = self.run_ids(), []
+        for rec in st.records(st.load_study(search.folder, search.name)):
+            run_id = rec.mlflow_run_id or runs.get(rec.number)
+            if run_id is None or rec.state in ("running", "waiting", "duplicate"):
+                continue
+            wanted = [(search.folder.trial_spec(rec.number), "spec.yaml")]
+            if weights and rec.state == "complete" and rec.arch_id:
+                wanted.append((search.folder.weights_file(rec.arch_id), weights_artifact(rec.arch_id)))
+            for dst, artifact in wanted:
+                got = None if dst.is_file() else fetch_artifact(self.uri, run_id, artifact, dst)
+                if got is not None:
+                    written.append(got)
+        return written
 
     def log_refined(self, search: SearchInfo) -> int:
         """Refined trials: ``ap`` gets the refined mean (step 1; step 0 keeps the proxy value), with ``ap_proxy``,
@@ -269,6 +388,9 @@ class MlflowTracker:
         self.client.set_tag(self.parent_id, "hypervolume_reference", json.dumps(summary.reference))
         self.client.set_tag(self.parent_id, "pareto_trials", json.dumps(summary.front))
         self._log_report(recs, search)
+        from gpnas.results.mlflow_view import search_run_note  # the run's description: where the front is
+        self.client.set_tag(self.parent_id, "mlflow.note.content",
+                            search_run_note(str(self.experiment_id), self.parent_id))
         self.client.set_terminated(self.parent_id, status="FINISHED")
 
     def _log_report(self, recs: list[TrialRecord], search: SearchInfo) -> None:
@@ -317,65 +439,20 @@ class MlflowTracker:
         return run_id
 
     def how_to_open(self) -> str:
-        if self.uri.startswith("sqlite:"):
-            where = f"gpnas ui {self.folder.path}    (serves the MLflow UI on http://127.0.0.1:5000)"
-        else:
-            where = f"open {self.uri}"
-        return (f"Pareto front in MLflow: {where}; experiment '{self._experiment_name()}', "
-                "filter the runs with  tags.is_pareto = 'true'  (charts: report/pareto.html on the search run)")
+        """How to see the search in the MLflow UI: the command (a local store) and the direct link to the runs
+        table with the search's columns, the Pareto filter, and where the Pareto chart is."""
+        from gpnas.results import mlflow_view
+
+        local = self.uri.startswith("sqlite:")
+        base = "http://127.0.0.1:5000" if local else self.uri
+        link = mlflow_view.runs_url(base, self.experiment_id) if self.experiment_id is not None else base
+        where = f"gpnas ui {self.folder.path}   then open {link}" if local else f"open {link}"
+        pareto = mlflow_view.VIEW_NAMES[mlflow_view.PARETO_VIEW]
+        return (f"Pareto front in MLflow: {where}  (experiment '{self._experiment_name()}'; the Pareto trials: the "
+                f"view '{pareto}' or the filter  {mlflow_view.PARETO_FILTER}  ; the chart: report/pareto.html on "
+                "the search run)")
 
     def _experiment_name(self) -> str:
         if self.experiment_id is None:
             return "?"
         return self.client.get_experiment(self.experiment_id).name
-
-
-def serve_ui(folder: SearchFolder, port: int = 5000) -> int:
-    """Serve the MLflow UI for a search's local store on 127.0.0.1 (blocks until the server ends).
-
-    The server runs in its own process group: SIGTERM and SIGINT to this process are passed to the server (which
-    passes them once to its web worker; a second SIGINT would make the worker force-quit with a traceback), and
-    whatever is left of the group is ended on the way out, so stopping ``gpnas ui`` frees the port. Returns the
-    server's exit status (128 + the signal number when a signal ended it)."""
-    import contextlib
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-
-    if not folder.mlflow_db.is_file():
-        raise ConfigError(f"{folder.path} has no local MLflow store (mlflow.db); was it run with --tracking-uri?")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", folder.mlflow_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    print(f"MLflow UI for {folder.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", flush=True)
-    child = subprocess.Popen(cmd, env=env, start_new_session=True)  # Ctrl-C reaches it only through us
-
-    def forward(signum: int, _frame: object) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    def to_group(signum: int) -> bool:
-        try:
-            os.killpg(child.pid, signum)
-        except ProcessLookupError:  # the whole group has ended
-            return False
-        return True
-
-    handled = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
-    previous = {signum: signal.signal(signum, forward) for signum in handled}
-    try:
-        code = child.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if to_group(signal.SIGTERM):  # a worker that outlived the server, or the server when we leave on an error
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=10)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and to_group(0):
-                time.sleep(0.1)
-            to_group(signal.SIGKILL)
-            child.wait()
-    return 128 - code if code < 0 else code

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from searchutil import GPNAS, cli_env, free_port, gpnas, status_json, write_config
@@ -48,15 +52,23 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
     tagged = client.search_runs([exp.experiment_id], filter_string="tags.is_pareto = 'true'")
     assert sorted(int(r.data.tags["gpnas.trial"]) for r in tagged) == sorted(status["pareto"])
     for child in children:
+        assert child.info.status in ("FINISHED", "FAILED", "KILLED")
         if child.data.tags["gpnas.state"] == "failed":
             assert child.data.tags.get("gpnas.reason")
+        if child.data.tags["gpnas.state"] == "complete":  # logged by the trial's worker, next to its spec
+            arch = child.data.tags["arch_id"]
+            names = {f.path for f in client.list_artifacts(child.info.run_id)}
+            assert {"spec.yaml", "gradient_path_layers.csv", "latency.json"} <= names, names
+            assert [f.path for f in client.list_artifacts(child.info.run_id, "weights")] == [f"weights/{arch}.pt"]
+            assert child.data.tags["gpnas.node_ip"] == "127.0.0.1"
+            assert len(client.get_metric_history(child.info.run_id, "epoch_ap")) >= 1
 
     # export rebuilds the measured model; weights load strictly
     if pareto:
-        _check_export(tmp_path, folder, pareto[0])
+        _check_export(tmp_path, folder)
 
 
-def _check_export(tmp_path: Path, folder: Path, row: dict) -> None:
+def _check_export(tmp_path: Path, folder: Path, pick: str = "best-ap") -> None:
     import torch
 
     from gpnas.objectives.complexity import measure_complexity
@@ -64,7 +76,7 @@ def _check_export(tmp_path: Path, folder: Path, row: dict) -> None:
     from gpnas.search_space.spec import load_spec
 
     out = tmp_path / "exported"
-    gpnas(tmp_path, "export", str(folder), "--pick", "best-ap", "--out", str(out), "--weights")
+    gpnas(tmp_path, "export", str(folder), "--pick", pick, "--out", str(out), "--weights", "--force")
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["architectures"][0]
     spec = load_spec(out / entry["spec"])
@@ -77,64 +89,156 @@ def _check_export(tmp_path: Path, folder: Path, row: dict) -> None:
     assert set(manifest["versions"]) >= {"torch", "optuna", "ray", "mlflow"}
 
 
-def test_search_on_an_existing_ray_head(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _mlflow_server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real tracking server on 127.0.0.1 that stores and serves the artifacts (what a team runs)."""
+    import requests
+
     port = free_port()
-    # keep the head and the driver on loopback: Ray otherwise rewrites 127.0.0.1 to the node's network address
-    env = {**cli_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
+         "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
     )
+    uri = f"http://127.0.0.1:{port}"
     try:
-        time.sleep(8)
-        assert head.poll() is None, "ray head did not start"
-        path = write_config(tmp_path, "cluster", 2)
-        out = subprocess.run([*GPNAS, "search", "--config", str(path), "--address", f"127.0.0.1:{port}",
-                              "--no-mlflow"], capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        status = status_json(tmp_path, tmp_path / "runs" / "cluster")
-        assert status["finished"] == 2, out.stdout
-        assert not (tmp_path / "runs" / "cluster" / "ray_pids.json").exists()  # the driver did not own Ray
+        for _ in range(120):
+            try:
+                if requests.get(f"{uri}/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        yield uri
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            server.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A Ray head without CPUs and one worker node holding the custom resource ``trainer``, each with its own
+    processes (ray.cluster_utils); -> (address, worker node id). Ended by PID, whatever Ray's shutdown leaves."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every node on loopback
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # as `ray start` does: a driver with a token needs it
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    pids: list[int] = []
+    try:
+        worker = cluster.add_node(num_cpus=2, resources={"trainer": 2}, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        for node in (cluster.head_node, worker):
+            pids += [info.process.pid for infos in node.all_processes.values() for info in infos
+                     if info.process is not None]
+        yield cluster.address, worker.node_id
+    finally:
+        cluster.shutdown()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_multi_node_search_logs_artifacts_through_the_tracking_server(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials run on the worker node only (custom resource); their weights reach the driver through
+    `mlflow server --serve-artifacts`, so export and sync work with no file of the trials on this disk."""
+    import mlflow
+
+    env = {**cli_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    with _mlflow_server(tmp_path, env) as uri, _two_node_cluster(monkeypatch) as (address, worker_id):
+        path = write_config(tmp_path, "multi", 2, budget={"num_trials": 2, "max_concurrent": 2, "cpu": 1,
+                                                          "resources": {"trainer": 1}})
+        out = subprocess.run([*GPNAS, "search", "--config", str(path), "--address", address, "--tracking-uri", uri],
+                             capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        folder = tmp_path / "runs" / "multi"
+        assert status_json(tmp_path, folder)["finished"] == 2
+        assert not (folder / "ray_pids.json").exists()  # the driver did not own Ray
+
+        client = mlflow.tracking.MlflowClient(uri)
+        exp = client.get_experiment_by_name("multi")
+        trials = client.search_runs([exp.experiment_id], filter_string="tags.`gpnas.role` = 'trial'")
+        done = [r for r in trials if r.data.tags["gpnas.state"] == "complete"]
+        assert done and len(trials) == 2
+        for run in done:
+            assert run.data.tags["gpnas.node_id"] == worker_id
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+            assert client.list_artifacts(run.info.run_id, "weights")
+
+        # the trials' files are gone from this machine: export and sync fetch them from the server
+        shutil.rmtree(folder / "weights")
+        for spec in (folder / "trials").glob("*/spec.yaml"):
+            spec.unlink()
+        _check_export(tmp_path, folder, "pareto")
+        shutil.rmtree(folder / "weights")
+        synced = gpnas(tmp_path, "sync", str(folder), "--weights").stdout
+        assert "copied" in synced
+        assert sorted(p.name for p in (folder / "weights").iterdir()) == \
+            sorted(f"{r.data.tags['arch_id']}.pt" for r in done)
+        assert len(list((folder / "trials").glob("*/spec.yaml"))) == len(done)
+
+
+def _live_trial_runs(client: Any, experiment: str) -> dict[str, int]:
+    """Trial runs still RUNNING in MLflow -> how many per-epoch AP points each has so far."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = client.search_runs([exp.experiment_id], "tags.`gpnas.role` = 'trial' and attributes.status = 'RUNNING'")
+    return {r.info.run_id: len(client.get_metric_history(r.info.run_id, "epoch_ap")) for r in runs}
 
 
 def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "killed", 5, train={"steps": 12, "batch_size": 8})
-    driver = subprocess.Popen([*GPNAS, "search", "--config", str(path), "--no-mlflow"], env=cli_env(tmp_path),
+    """Kill -9 the driver while a trial's MLflow run is live (RUNNING, with per-epoch AP already logged) and
+    another trial has finished; resume runs exactly the remaining budget and closes the orphaned runs as KILLED."""
+    import mlflow
+
+    path = write_config(tmp_path, "killed", 5, train={"steps": 40, "batch_size": 8, "eval_steps": [2]})
+    driver = subprocess.Popen([*GPNAS, "search", "--config", str(path)], env=cli_env(tmp_path),
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     folder = tmp_path / "runs" / "killed"
     from gpnas.results.study import finished, load_study, records
 
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    watched: dict[str, int] = {}
     deadline = time.time() + 300
-    while time.time() < deadline:
-        time.sleep(1)
-        if (folder / "study.db").is_file() and (folder / "ray_pids.json").is_file():
-            try:
-                if finished(records(load_study(folder, "killed"))) >= 1:
-                    break
-            except Exception:
-                continue
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.3)
+        if not ((folder / "mlflow.db").is_file() and (folder / "ray_pids.json").is_file()):
+            continue
+        try:
+            live = _live_trial_runs(client, "killed")
+            if any(points >= 1 for points in live.values()) and finished(records(load_study(folder, "killed"))) >= 1:
+                watched = live
+                break
+        except Exception:  # the driver is still creating the stores
+            continue
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
+    assert any(points >= 1 for points in watched.values()), "no trial run was seen live with a per-epoch AP point"
+    orphaned = set(_live_trial_runs(client, "killed"))  # RUNNING when the driver died
     pids = json.loads((folder / "ray_pids.json").read_text())["ray"]
     before = records(load_study(folder, "killed"))
     done_before = {r.number for r in before if r.state in ("complete", "failed", "infeasible", "pruned")}
-    assert 1 <= len(done_before) < 5
+    assert 1 <= len(done_before) < 5 and orphaned
 
-    gpnas(tmp_path, "resume", str(folder), "--no-mlflow")
+    gpnas(tmp_path, "resume", str(folder))
     after = records(load_study(folder, "killed"))
     assert finished(after) == 5
     # finished trials were not run again: their rows are unchanged and the new ones are new numbers
     assert {r.number for r in after if r.state in ("complete", "failed", "infeasible", "pruned")} >= done_before
     interrupted = [r for r in after if r.state == "interrupted"]
     assert len([r for r in after if r.state != "duplicate"]) == 5 + len(interrupted)
+    for run_id in orphaned:  # closed on resume: KILLED, with the study's reason
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["gpnas.state"] == "interrupted", run.data.tags
+    assert not _live_trial_runs(client, "killed")
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
@@ -149,42 +253,21 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> No
     assert not (tmp_path / "runs" / "offline" / "study.db").exists()
 
 
-def test_mlflow_server_receives_the_search_and_sync_backfills(tmp_path: Path) -> None:
+def test_sync_backfills_a_search_run_without_mlflow(tmp_path: Path) -> None:
+    """The study is the source of truth: a search recorded with --no-mlflow reaches a tracking server through
+    `gpnas sync`, once, whatever the number of syncs."""
     import requests
 
-    port = free_port()
-    env = {**cli_env(tmp_path), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        path = write_config(tmp_path, "served", 2)
-        gpnas(tmp_path, "search", "--config", str(path), "--tracking-uri", uri)
-        body = {"experiment_ids": [_experiment_id(uri, "served")], "max_results": 100}
-        runs = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json=body, timeout=10).json()["runs"]
-        roles = sorted(t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "gpnas.role")
-        assert roles == ["search", "trial", "trial"]
-
-        # a search recorded without MLflow is backfilled by sync, idempotently
+    with _mlflow_server(tmp_path, cli_env(tmp_path)) as uri:
         quiet = write_config(tmp_path, "quiet", 2)
         gpnas(tmp_path, "search", "--config", str(quiet), "--no-mlflow")
         for _ in range(2):
             gpnas(tmp_path, "sync", str(tmp_path / "runs" / "quiet"), "--tracking-uri", uri)
         body = {"experiment_ids": [_experiment_id(uri, "quiet")], "max_results": 100}
         runs = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json=body, timeout=10).json()["runs"]
-        assert len(runs) == 3
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        roles = sorted(t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "gpnas.role")
+        assert roles == ["search", "trial", "trial"]
+        assert all(r["info"]["status"] in ("FINISHED", "FAILED") for r in runs)
 
 
 def _experiment_id(uri: str, name: str) -> str:
