@@ -6,6 +6,7 @@
 #      Spearman >= 0.95)
 #   3. a 60-second AMP training of a nano candidate (images/s)
 #   4. a 4-trial GPU search (one trial per card at a time)
+#   5. the training loader's images/s at 640 with 0, 4 and 8 workers (target >= 150 per worker core)
 # Setup: `make setup` (TORCH_SPEC=torch for a CUDA build where the index is reachable; a machine whose python
 # already has a CUDA torch can run with PYTHON=that python and VENV pointing at a venv made with
 # --system-site-packages).
@@ -32,3 +33,5 @@ echo "== 4. a 4-trial GPU search"
 rm -rf runs/gpu-smoke
 timeout 240 $GPNAS search --config demo name=gpu-smoke budget.num_trials=4 budget.max_concurrent=1 budget.gpu=1 \
   train.device=cuda latency.device=cuda latency.dtype=fp16 train.steps=200 --no-mlflow
+echo "== 5. the COCO-like training loader at 640 with 0, 4 and 8 workers (a GPU node's CPUs)"
+timeout 240 $PY benchmarks/data_loading.py --images 1000 --workers 0 4 8 --passes 2

@@ -33,8 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-#: the column headers the link must show, with the metric or tag each stands for
-WANTED = {"AP": "ap", "GFLOPs": "gflops", "latency": "latency_ms", "params": "params_m", "is_pareto": "is_pareto"}
+#: the column headers the link must show, with the metric, tag or param each stands for
+WANTED = {"AP": "ap", "GFLOPs": "gflops", "latency": "latency_ms", "params": "params_m", "is_pareto": "is_pareto",
+          "arch_id": "arch_id", "a gene": "block"}
 #: what only the GenAI pages show (their side bar and overview; MLflow 3.17 opens a kind-less experiment there)
 GENAI_MARKERS = ("Sessions", "Judges", "Agent versions", "Token usage")
 #: hand-made trials: (arch_id, ap, gflops, latency_ms, params_m); the front is AP up, GFLOPs down
@@ -64,8 +65,11 @@ def build_search(root: Path) -> Path:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=st.open_storage(folder), study_name=cfg.name,
                                 directions=info.directions())
-    for arch_id, ap, gflops, latency_ms, params_m in TRIALS:
+    blocks = ["residual", "csp", "elan"]
+    for k, (arch_id, ap, gflops, latency_ms, params_m) in enumerate(TRIALS):
+        study.enqueue_trial({"block": blocks[k % 3]})
         trial = study.ask()
+        trial.suggest_categorical("block", blocks)  # a gene, shown as a param column
         result = TrialResult(arch_id=arch_id, state="complete",
                              metrics={"ap": ap, "ap50": 2 * ap, "gflops": gflops, "latency_ms": latency_ms,
                                       "params_m": params_m, "params": params_m * 1e6})
@@ -162,7 +166,7 @@ def _chromium(binary: str, args: list[str], profile: Path, timeout: float) -> st
 
 
 def render(binary: str, url: str, *, work: Path, screenshot: Path | None = None, wait_ms: int = 12000,
-           size: str = "1920,1080") -> str:
+           size: str = "3200,1200") -> str:
     """The page at ``url`` after ``wait_ms`` of (virtual) time, in a fresh profile (as a first visit): its
     rendered DOM, and a PNG at ``screenshot`` when given (a second browser run: one run cannot do both)."""
     common = [f"--window-size={size}", f"--virtual-time-budget={wait_ms}"]

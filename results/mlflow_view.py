@@ -23,11 +23,12 @@ any trial ran; a key that no run has yet is simply not shown until a run logs it
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["KIND_TAG", "METRIC_COLUMNS", "MODEL_TRAINING_KIND", "PARETO_FILTER", "PARETO_VIEW", "TAG_COLUMNS",
-           "TRIALS_VIEW", "VIEW_NAMES", "VIEW_TAG_PREFIX", "column", "experiment_tags", "missing_tags", "runs_url",
+           "TRIALS_VIEW", "VIEW_NAMES", "VIEW_TAG_PREFIX", "column", "experiment_tags", "missing_tags", "param_columns",
+           "runs_url",
            "search_run_note", "view_envelope", "view_state"]
 
 KIND_TAG = "mlflow.experimentKind"
@@ -54,11 +55,13 @@ def column(group: str, key: str) -> str:
     return f"{group}.`{key}`"
 
 
-def view_state(*, pareto_only: bool = False) -> dict[str, Any]:
+def view_state(*, pareto_only: bool = False, params: Sequence[str] = ()) -> dict[str, Any]:
     """The runs-table state of a gpnas view: the trial runs (the search's own run left out), best AP first, the
-    figures and Pareto tags as columns; with ``pareto_only`` only the current front (``tags.is_pareto``)."""
+    figures, Pareto tags and the run params ``params`` (the genes, arch_id) as columns; with ``pareto_only`` only
+    the current front (``tags.is_pareto``)."""
     search = PARETO_FILTER if pareto_only else "tags.`gpnas.role` = 'trial'"
-    columns = [column("tags", k) for k in TAG_COLUMNS] + [column("metrics", k) for k in METRIC_COLUMNS]
+    columns = [column("tags", k) for k in TAG_COLUMNS] + [column("metrics", k) for k in METRIC_COLUMNS] + \
+        [column("params", k) for k in params]
     return {
         "searchFilter": search,
         "orderByKey": column("metrics", "ap"),
@@ -70,11 +73,11 @@ def view_state(*, pareto_only: bool = False) -> dict[str, Any]:
     }
 
 
-def view_envelope(key: str, *, created_ms: int) -> str:
+def view_envelope(key: str, *, created_ms: int, params: Sequence[str] = ()) -> str:
     """The tag value of the saved view ``key`` (one of :data:`TRIALS_VIEW`, :data:`PARETO_VIEW`)."""
     if key not in VIEW_NAMES:
         raise ValueError(f"unknown gpnas view {key!r}; the views are {sorted(VIEW_NAMES)}")
-    state = json.dumps(view_state(pareto_only=key == PARETO_VIEW), separators=(",", ":"))
+    state = json.dumps(view_state(pareto_only=key == PARETO_VIEW, params=params), separators=(",", ":"))
     return json.dumps({"name": VIEW_NAMES[key], "createdAt": created_ms, "updatedAt": created_ms, "state": state},
                       separators=(",", ":"))
 
@@ -88,22 +91,44 @@ def _view_state_of(value: str | None) -> dict[str, Any] | None:
         return None
 
 
-def experiment_tags(*, created_ms: int) -> dict[str, str]:
-    """The tags of a new gpnas experiment: the model-training kind and the two saved views."""
+def experiment_tags(*, created_ms: int, params: Sequence[str] = ()) -> dict[str, str]:
+    """The tags of a new gpnas experiment: the model-training kind and the two saved views (``params``: the run
+    params shown as columns)."""
     tags = {KIND_TAG: MODEL_TRAINING_KIND}
-    tags.update({VIEW_TAG_PREFIX + key: view_envelope(key, created_ms=created_ms) for key in VIEW_NAMES})
+    tags.update({VIEW_TAG_PREFIX + key: view_envelope(key, created_ms=created_ms, params=params)
+                 for key in VIEW_NAMES})
     return tags
 
 
-def missing_tags(existing: Mapping[str, str], *, created_ms: int) -> dict[str, str]:
+def _params_of(state: dict[str, Any] | None) -> list[str]:
+    """The run params a saved view shows as columns."""
+    prefix = "params.`"
+    return [c[len(prefix):-1] for c in (state or {}).get("selectedColumns", []) if c.startswith(prefix)]
+
+
+def missing_tags(existing: Mapping[str, str], *, created_ms: int, params: Sequence[str] | None = None
+                 ) -> dict[str, str]:
     """What an existing experiment lacks of :func:`experiment_tags` (empty when it is up to date, so setting them
-    again is a no-op): the kind unless a user chose one, and each gpnas view that is missing or out of date."""
+    again is a no-op): the kind unless a user chose one, and each gpnas view that is missing or out of date.
+    ``params`` None: keep the param columns the trials view has (a caller that does not know the genes)."""
     out = {}
     if existing.get(KIND_TAG, "") in _UNCHOSEN_KINDS:
         out[KIND_TAG] = MODEL_TRAINING_KIND
+    if params is None:
+        params = _params_of(_view_state_of(existing.get(VIEW_TAG_PREFIX + TRIALS_VIEW)))
     for key in VIEW_NAMES:
-        if _view_state_of(existing.get(VIEW_TAG_PREFIX + key)) != view_state(pareto_only=key == PARETO_VIEW):
-            out[VIEW_TAG_PREFIX + key] = view_envelope(key, created_ms=created_ms)
+        wanted = view_state(pareto_only=key == PARETO_VIEW, params=params)
+        if _view_state_of(existing.get(VIEW_TAG_PREFIX + key)) != wanted:
+            out[VIEW_TAG_PREFIX + key] = view_envelope(key, created_ms=created_ms, params=params)
+    return out
+
+
+def param_columns(genes: Mapping[str, Mapping[str, Any]], stages: int) -> list[str]:
+    """The run params of a search's trials, from its ``space.genes`` config: ``arch_id``, then each gene (a
+    per-stage gene as one param per stage, ``<gene>_p2`` ...)."""
+    out = ["arch_id"]
+    for name, gene in genes.items():
+        out += [f"{name}_p{i + 2}" for i in range(stages)] if gene.get("per_stage") else [name]
     return out
 
 

@@ -57,6 +57,14 @@ def _params(params: dict[str, Any], arch_id: str | None) -> dict[str, str]:
     return {k: v[:6000] for k, v in out.items()}
 
 
+def _param_columns(search: SearchInfo) -> list[str]:
+    """The run params (genes, arch_id) that the search's views show as columns."""
+    from gpnas.results.mlflow_view import param_columns
+    from gpnas.search_space.spec import NUM_STAGES
+
+    return param_columns((search.settings.get("space") or {}).get("genes") or {}, NUM_STAGES)
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in data.items():
@@ -115,8 +123,9 @@ class MlflowTracker:
                 "--tracking-uri, or run with --no-mlflow (the study keeps every result; `gpnas sync` logs later)"
             ) from None
 
-    def _experiment(self, name: str) -> str:
-        """The experiment ``name``, made when missing; either way it opens on the runs table in gpnas' views."""
+    def _experiment(self, name: str, params: list[str] | None = None) -> str:
+        """The experiment ``name``, made when missing; either way it opens on the runs table in gpnas' views
+        (``params``: the run params shown as columns; None keeps those the views show)."""
         import time
 
         from gpnas.results import mlflow_view
@@ -124,25 +133,26 @@ class MlflowTracker:
         now_ms = int(time.time() * 1000)
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
-            self._update_experiment_view(exp.experiment_id, dict(exp.tags), now_ms)
+            self._update_experiment_view(exp.experiment_id, dict(exp.tags), now_ms, params)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
             location = self.folder.mlflow_artifacts.as_uri()
         return self.client.create_experiment(name, artifact_location=location,
-                                             tags=mlflow_view.experiment_tags(created_ms=now_ms))
+                                             tags=mlflow_view.experiment_tags(created_ms=now_ms, params=params or ()))
 
-    def _update_experiment_view(self, experiment_id: str, tags: dict[str, str], now_ms: int) -> None:
-        """An experiment made before gpnas set its kind and views (or with older views) gets them; a no-op when
-        it has them already."""
+    def _update_experiment_view(self, experiment_id: str, tags: dict[str, str], now_ms: int,
+                                params: list[str] | None = None) -> None:
+        """An experiment made before gpnas set its kind and views (or with older views, or other genes) gets
+        them; a no-op when it has them already."""
         from gpnas.results import mlflow_view
 
-        for key, value in mlflow_view.missing_tags(tags, created_ms=now_ms).items():
+        for key, value in mlflow_view.missing_tags(tags, created_ms=now_ms, params=params).items():
             self.client.set_experiment_tag(experiment_id, key, value)
 
     def start_search(self, search: SearchInfo) -> None:
         """Find or create the experiment and the search's parent run (one per search folder)."""
-        self.experiment_id = self._experiment(search.name)
+        self.experiment_id = self._experiment(search.name, _param_columns(search))
         folder = search.folder.path
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`gpnas.role` = 'search' and {_folder_filter(folder)}",

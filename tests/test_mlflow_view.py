@@ -90,3 +90,27 @@ def test_an_existing_experiment_is_brought_up_to_date_once(search: SearchInfo) -
     assert first["mlflow.sharedViewState.mine"] == "{}"
     tracker.start_search(search)
     assert tracker.client.get_experiment(old).tags == first  # nothing rewritten (createdAt unchanged)
+
+
+def test_the_genes_are_param_columns_and_a_caller_without_them_keeps_them() -> None:
+    genes = {"block": {"choices": ["csp", "elan"]}, "mask_ratio": {"choices": [0.0, 0.5], "per_stage": True}}
+    params = mv.param_columns(genes, stages=2)
+    assert params == ["arch_id", "block", "mask_ratio_p2", "mask_ratio_p3"]
+    tags = mv.experiment_tags(created_ms=5, params=params)
+    state = json.loads(json.loads(tags["mlflow.sharedViewState.gpnas-trials"])["state"])
+    assert state["selectedColumns"][-4:] == ["params.`arch_id`", "params.`block`", "params.`mask_ratio_p2`",
+                                             "params.`mask_ratio_p3`"]
+    assert mv.missing_tags(tags, created_ms=9) == {}  # gpnas ui, a fidelity run: the genes' columns stay
+    assert set(mv.missing_tags(tags, created_ms=9, params=["arch_id"])) == {
+        "mlflow.sharedViewState.gpnas-trials", "mlflow.sharedViewState.gpnas-pareto"}  # other genes: rewritten
+
+
+def test_a_search_shows_its_genes_as_columns(tmp_path: Path) -> None:
+    from gpnas.experiments.config import load_config
+
+    cfg = load_config("demo", [f"storage.root={tmp_path / 'runs'}", "name=genes"])
+    tracker = MlflowTracker.connect(cfg.info())
+    tracker.start_search(cfg.info())
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    state = json.loads(json.loads(tags["mlflow.sharedViewState.gpnas-pareto"])["state"])
+    assert {"params.`arch_id`", "params.`block`", "params.`width_multiple`"} <= set(state["selectedColumns"])
