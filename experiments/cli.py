@@ -257,6 +257,33 @@ def fidelity(
 
 
 @app.command()
+def analyze(
+    searches: Annotated[list[str], typer.Argument(metavar="NAME_OR_DIR", help="Search names (under --root) "
+                                                   "or folders; several are pooled.")],
+    target: Annotated[str, typer.Option(help="auto | proxy | fidelity: the AP to explain (auto: the long-budget "
+                                             "AP of `gpnas fidelity` when 5+ candidates have it).")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: SEARCH/analysis, or "
+                                                  "ROOT/analysis-A+B for several).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the report to the search's run.")]
+    = False,
+    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+) -> None:
+    """Which gradient-path features predict AP once GFLOPs and params are held fixed: partial Spearman ρ per
+    feature, and a cross-validated surrogate on features + size against size alone."""
+    from gpnas.experiments.cli_output import print_analysis
+    from gpnas.experiments.search_api import open_search
+    from gpnas.results.analysis import analyze as analyze_searches
+
+    infos = [open_search(name, root)[1].info() for name in searches]
+    report, _ = analyze_searches(infos, target=target, out=out, mlflow=not no_mlflow)
+    if as_json:
+        _print_json(report)
+        return
+    print_analysis(report)
+
+
+@app.command()
 def refine(
     search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
     top: Annotated[int | None, typer.Option(help="Non-dominated ranks to refine (1: the front; default: the "

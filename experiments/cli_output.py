@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["add_row", "click_classes", "console", "err_console", "literal", "print_describe", "print_error",
-           "print_fidelity", "print_json", "say", "show_click_error", "table"]
+__all__ = ["add_row", "click_classes", "console", "err_console", "literal", "print_analysis", "print_describe",
+           "print_error", "print_fidelity", "print_json", "say", "show_click_error", "table"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -129,3 +129,39 @@ def print_fidelity(report: dict[str, Any]) -> None:
     console.print(Text.assemble(("verdict: ", "bold"), literal(report["verdict"])), highlight=False, soft_wrap=True)
     run = report.get("mlflow_run_id")
     say("table, JSON and scatter plot in ", report["folder"], f"; MLflow run {run}" if run else "")
+
+
+def print_analysis(report: dict[str, Any], top: int = 15) -> None:
+    """`gpnas analyze`: the features by |partial ρ| (the strongest ``top``), the surrogate comparison, the
+    verdict, and where the files (and the MLflow run) are."""
+    from gpnas.results.analysis_report import fmt, fmt_p
+
+    tab = table("feature", "ρ", "p", "partial ρ", "partial p", "ρ drop",
+                title=f"what predicts {report['target_label']} beyond size: {' + '.join(report['searches'])} "
+                      f"({report['n_rows']} architectures)")
+    tab.columns[0].no_wrap = True  # a feature name cut short names nothing
+    drops = {e["input"]: e["rho_drop"] for e in report["importance"]}
+    for name, b in report["baselines"].items():
+        add_row(tab, f"{name} (baseline)", fmt(b["rho"]), fmt_p(b["p"]), "", "", fmt(drops.get(name)))
+    for e in report["features"][:top]:
+        add_row(tab, e["feature"], fmt(e["rho"]), fmt_p(e["p"]), fmt(e["partial_rho"]), fmt_p(e["partial_p"]),
+                fmt(drops.get(e["feature"])))
+    console.print(tab)
+    say("partial ρ: GFLOPs and params held fixed; ρ drop: permutation importance in the surrogate")
+    if len(report["features"]) > top:
+        say(f"... {len(report['features']) - top} more features in analysis.md")
+    say(f"out-of-fold Spearman ρ: features + size {fmt(report['surrogate']['rho'])} · size only "
+        f"{fmt(report['size_only']['rho'])} · Δρ {fmt(report['delta_rho'])} (±{fmt(report['rho_noise'], 2)} "
+        f"is chance at n {report['n_rows']})")
+    if report["dropped_features"]:
+        say(f"left out {len(report['dropped_features'])} feature(s) (missing in some rows, or constant): see "
+            "analysis.md")
+    console.print(Text.assemble(("verdict: ", "bold"), literal(report["verdict"])), highlight=False, soft_wrap=True)
+    files = report["files"]
+    say("wrote ", files["json"], ", ", files["md"], ", ", files["png"])
+    logged = report.get("mlflow", {})
+    if logged.get("logged"):
+        say(f"logged to MLflow run {logged['run_id']} (artifacts under {logged['artifact_path']}/) in ",
+            logged["uri"])
+    else:
+        say("not logged to MLflow: ", logged.get("why", "disabled"))

@@ -328,8 +328,48 @@ class StorageConfig(_Section):
         return v
 
 
+class PrescreenConfig(_Section):
+    """Score proposals without training and train only the best (:mod:`gpnas.experiments.prescreen`).
+
+    ``candidates``: how many proposals the sampler makes per pre-screen round (null: off, the default — turn it
+    on when ``benchmarks/gp_prescreen.py`` shows it pays for your space); ``keep``: how many of them are trained;
+    ``score``: ``surrogate`` (a model of AP fitted on the complete trials so far, ranking by the hypervolume a
+    proposal would add at its predicted AP; proposals are trained unscreened until 5 trials are complete) or a
+    zero-cost proxy: ``synflow``, ``grad_norm``, ``naswot``, ``maedet_entropy``. Needs the features it ranks by:
+    ``gradient_path.zero_cost`` for a proxy."""
+
+    candidates: int | None = None
+    keep: int = 1
+    score: str = "surrogate"
+
+    @model_validator(mode="after")
+    def _rules(self) -> PrescreenConfig:
+        scores = ("surrogate", "synflow", "grad_norm", "naswot", "maedet_entropy")
+        if self.score.removeprefix("zc_") not in scores:
+            close = difflib.get_close_matches(self.score, scores, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"prescreen.score must be one of {', '.join(scores)}, got '{self.score}'{hint}")
+        if self.candidates is not None and not (1 <= self.keep < self.candidates):
+            raise ValueError(f"prescreen needs 1 <= keep < candidates (train the best keep of candidates "
+                             f"proposals), got keep={self.keep}, candidates={self.candidates}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.candidates is not None
+
+
 class GradientPathConfig(_Section):
+    """The features logged per trial (none is an objective). ``structural``: the gradient-path metrics of each
+    layer and their ``gp_*`` aggregates (from the graph alone); ``at_init``: gradient statistics of the fresh
+    model on one val batch (``gp_init_*``, and ``gp_stage_*`` per detector part); ``zero_cost``: the
+    training-free proxies synflow, grad-norm, NASWOT and MAE-DET's entropy (``zc_*``); ``measured``: gradient
+    statistics of the trained model (``gp_grad_norm_mean`` ...). All go into the per-layer table
+    ``gradient_path_layers.csv`` (with its schema) and the trial's MLflow metrics."""
+
     structural: bool = True
+    at_init: bool = True
+    zero_cost: bool = True
     measured: bool = True
 
 
@@ -347,6 +387,7 @@ class SearchConfig(_Section):
     train: TrainConfig = TrainConfig()
     latency: LatencySection = LatencySection()  # type: ignore[valid-type]
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    prescreen: PrescreenConfig = PrescreenConfig()
     refine: RefineConfig = RefineConfig()
     storage: StorageConfig = StorageConfig()
     gradient_path: GradientPathConfig = GradientPathConfig()

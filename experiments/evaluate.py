@@ -1,6 +1,7 @@
 """evaluate_candidate(spec, cfg, reporter) -> TrialResult: the one function every backend calls.
 
 build -> size and gradient-path structure -> latency -> constraints (an infeasible candidate is not trained) ->
+features of the fresh model (gradient statistics at init, zero-cost proxies) ->
 proxy training with per-epoch AP reports -> final AP -> measured gradient statistics, each through the shared
 stages of :mod:`gpnas.experiments.stages`. The declared trial failures (invalid spec, infeasible, diverged, out of
 memory, data error, timeout) are recorded states with their reason; anything else is a bug in gpnas and is raised.
@@ -53,7 +54,7 @@ def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, re
 
     class _Report(Callback):
         def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-            reporter({**{k: v for k, v in result.metrics.items() if not k.startswith("gp_")}, **metrics})
+            reporter({**{k: v for k, v in result.metrics.items() if not k.startswith(("gp_", "zc_"))}, **metrics})
 
     data = stages.load_data(cfg.data, spec.img_size)
     config = dataclasses.replace(cfg.train, threads=cfg.train.threads or max(1, int(cfg.budget.cpu)))
@@ -76,7 +77,13 @@ def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, re
                            f"(budget: {config.budget_label()}); the AP recorded ({fit.ap:.4f}) is partial. Raise "
                            "train.max_seconds or lower the budget")
     if cfg.gradient_path.measured and fit.model is not None:
-        result.metrics.update(stages.measured_gradients(fit.model, data))
+        from gpnas.objectives.gp_features import merge_measured
+        from gpnas.objectives.gradient_path import gradient_aggregates
+
+        measured = stages.gradient_statistics(fit.model, data)
+        result.metrics.update(gradient_aggregates(measured))
+        if result.gp_layers:
+            result.gp_layers = merge_measured(result.gp_layers, measured, when="trained")
 
 
 def _declared_failure(err: BaseException) -> tuple[str, str] | None:
@@ -114,6 +121,7 @@ def evaluate_candidate(
         violated = {k: v for k, v in constraint_values(cfg.constraints.model_dump(), result.metrics).items() if v > 0}
         if violated:
             raise InfeasibleCandidate(", ".join(f"{k} exceeded by {v:.4g}" for k, v in violated.items()))
+        result.metrics.update(stages.init_features(model, spec, cfg, result.gp_layers))  # only when trained
         _train(spec, model, cfg, reporter, result, weights_dir)
         result.state = "complete"
     except Exception as err:

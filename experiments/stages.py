@@ -17,15 +17,15 @@ from gpnas.search_space.spec import ArchSpec
 if TYPE_CHECKING:
     from torch import nn
 
-    from gpnas.experiments.config import DataConfig
+    from gpnas.experiments.config import DataConfig, SearchConfig
     from gpnas.objectives.latency import LatencyProtocol, LatencyResult
     from gpnas.trainers.callbacks import Callback
     from gpnas.trainers.datasets import ProxyData
     from gpnas.trainers.proxy import FitResult
     from gpnas.trainers.train_config import TrainConfig
 
-__all__ = ["build", "gradient_structure", "latency", "latency_metrics", "load_data", "measure_size",
-           "measured_gradients", "time_latency", "train"]
+__all__ = ["build", "gradient_statistics", "gradient_structure", "latency", "latency_metrics", "load_data",
+           "measure_size", "measured_gradients", "time_latency", "train"]
 
 _DATA_CACHE: dict[str, Any] = {}
 
@@ -126,11 +126,13 @@ def train(model: nn.Module, data: ProxyData, config: TrainConfig, callbacks: Seq
     return ProxyTrainer(config, [val_evaluation(data, config), *callbacks]).fit(model, data)
 
 
-def measured_gradients(model: nn.Module, data: ProxyData) -> dict[str, float]:
-    """Gradient statistics of a trained model on one val batch of 8 images: the gp_* measured aggregates."""
+def gradient_statistics(model: nn.Module, data: ProxyData) -> dict[str, dict[str, float]]:
+    """Per-layer gradient statistics of ``model`` on one val batch of 8 images (the same batch every time), in
+    the model's own mode (a fresh model: train mode, batch statistics; the trained EMA copy: eval mode). The
+    model is not changed (a copy is measured)."""
     import copy
 
-    from gpnas.objectives.gradient_path import gradient_aggregates, measure_gradients
+    from gpnas.objectives.gradient_path import measure_gradients
     from gpnas.trainers.data import make_loader, to_model_input
     from gpnas.trainers.loss import YoloLoss
 
@@ -141,5 +143,51 @@ def measured_gradients(model: nn.Module, data: ProxyData) -> dict[str, float]:
     images = to_model_input(batch, "cpu")
     loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,
                        img_size=data.img_size)
-    measured = measure_gradients(model, images, loss_fn=lambda out: loss_fn(out[:3], targets)[0])
-    return gradient_aggregates(measured)
+    return measure_gradients(model, images, loss_fn=lambda out: loss_fn(out[:3], targets)[0])
+
+
+def measured_gradients(model: nn.Module, data: ProxyData) -> dict[str, float]:
+    """Gradient statistics of a trained model on one val batch of 8 images: the gp_* measured aggregates."""
+    from gpnas.objectives.gradient_path import gradient_aggregates
+
+    return gradient_aggregates(gradient_statistics(model, data))
+
+
+def init_features(model: nn.Module, spec: ArchSpec, cfg: SearchConfig, rows: list[dict[str, Any]]
+                  ) -> dict[str, float]:
+    """The features known before training, beyond the structural aggregates: gradient statistics of the fresh
+    model (``gradient_path.at_init``: merged into ``rows``, the per-layer table, in place; network aggregates
+    ``gp_init_*``), stage-level aggregates ``gp_stage_*`` of the table, and the zero-cost proxies ``zc_*``
+    (``gradient_path.zero_cost``). Deterministic: a fixed val batch, the seeded fresh model, which is not
+    changed (the proxies work on copies), so training afterwards is the same as without them."""
+    from gpnas.objectives.gp_features import merge_measured, stage_aggregates
+    from gpnas.objectives.gradient_path import gradient_aggregates
+
+    out: dict[str, float] = {}
+    gp = cfg.gradient_path
+    data = load_data(cfg.data, spec.img_size) if gp.at_init or gp.zero_cost else None
+    if gp.at_init and data is not None:
+        measured = gradient_statistics(model, data)
+        out.update({k.replace("gp_", "gp_init_", 1): v for k, v in gradient_aggregates(measured).items()})
+        if rows:
+            rows[:] = merge_measured(rows, measured, when="init")
+    if rows:
+        out.update(stage_aggregates(rows))
+    if gp.zero_cost and data is not None:
+        out.update(zero_cost(model, data))
+    return out
+
+
+def zero_cost(model: nn.Module, data: ProxyData) -> dict[str, float]:
+    """The zero-cost proxies ``zc_*`` of the fresh ``model`` on the fixed val batch (see
+    :mod:`gpnas.objectives.zero_cost`)."""
+    from gpnas.objectives.zero_cost import zero_cost_scores
+    from gpnas.trainers.data import make_loader, to_model_input
+    from gpnas.trainers.loss import YoloLoss
+
+    batch, targets, _ = next(iter(make_loader(data.val, batch_size=8, shuffle=False, seed=0)))
+    images = to_model_input(batch, "cpu")
+    loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,  # type: ignore[arg-type]
+                       img_size=data.img_size)
+    return zero_cost_scores(model, images, tuple(images.shape[1:]), loss_fn=lambda out: loss_fn(out[:3], targets)[0])
+

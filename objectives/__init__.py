@@ -1,5 +1,6 @@
 """What a candidate is scored by: COCO AP (the evaluator, val inference and the trainer's ValEvaluation callback),
-size (params, GFLOPs), gradient-path metrics, latency, and the definitions of objectives and constraints.
+size (params, GFLOPs), gradient-path metrics and the per-trial feature table, zero-cost proxies, latency, and the
+definitions of objectives and constraints.
 
 The public API is ``__all__``; each name is imported on first use (``from gpnas.objectives import X``).
 """
@@ -21,6 +22,10 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "analyze": "gradient_path",
     "gradient_aggregates": "gradient_path",
     "measure_gradients": "gradient_path",
+    "merge_measured": "gp_features",
+    "stage_aggregates": "gp_features",
+    "ZERO_COST_NAMES": "zero_cost",
+    "zero_cost_scores": "zero_cost",
     "LatencyProtocol": "latency",
     "LatencyResult": "latency",
     "measure_latency": "latency",

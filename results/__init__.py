@@ -23,4 +23,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "pareto_rows": "export",
     "MlflowTracker": "tracking",
     "write_report": "report",
+    "build_dataset": "analysis_data",
+    "Surrogate": "surrogate",
+    "fit_surrogate": "surrogate",
 })

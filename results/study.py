@@ -1,7 +1,8 @@
 """The Optuna study of a search: the single source of truth (DESIGN.md).
 
 Every ended trial has a row: COMPLETE (values; infeasible ones carry a violated constraint), PRUNED or FAIL, with
-user attributes ``gpnas_state`` (complete / pruned / infeasible / failed / timeout / interrupted), ``reason``,
+user attributes ``gpnas_state`` (complete / pruned / infeasible / failed / timeout / interrupted; duplicate and
+screened for proposals that were not trained), ``reason``,
 ``arch_id`` and ``result`` (the TrialResult without the per-layer table, which lives in the trial folder).
 """
 
@@ -92,8 +93,9 @@ def set_refined(study: Any, number: int, refined: dict[str, Any]) -> None:
 
 def counts(recs: list[TrialRecord]) -> dict[str, int]:
     """Trials by state; ``waiting`` are queued candidates (enqueued, or re-queued after an interruption);
-    ``duplicate`` are proposals of a candidate the study already held (the sampler was asked again)."""
-    out = {s: 0 for s in (*COUNTED_STATES, "running", "waiting", "interrupted", "duplicate")}
+    ``duplicate`` are proposals of a candidate the study already held (the sampler was asked again);
+    ``screened`` are proposals the pre-screen did not train (their scores and reason are in the study)."""
+    out = {s: 0 for s in (*COUNTED_STATES, "running", "waiting", "interrupted", "duplicate", "screened")}
     for r in recs:
         key = r.state if r.state in out else "running"
         out[key] += 1

@@ -328,7 +328,7 @@ class MlflowTracker:
         existing = self.run_index()
         logged = 0
         for rec in st.records(st.load_study(search.folder, search.name)):
-            if rec.state in ("running", "waiting", "duplicate"):
+            if rec.state in ("running", "waiting", "duplicate", "screened"):
                 continue
             known = existing.get(rec.number)
             if known is not None and known[1] != "RUNNING":
@@ -347,7 +347,7 @@ class MlflowTracker:
         runs, written = self.run_ids(), []
         for rec in st.records(st.load_study(search.folder, search.name)):
             run_id = rec.mlflow_run_id or runs.get(rec.number)
-            if run_id is None or rec.state in ("running", "waiting", "duplicate"):
+            if run_id is None or rec.state in ("running", "waiting", "duplicate", "screened"):
                 continue
             wanted = [(search.folder.trial_spec(rec.number), "spec.yaml")]
             if weights and rec.state == "complete" and rec.arch_id:
@@ -446,6 +446,34 @@ class MlflowTracker:
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    # ------------------------------------------------------------------------------------------- analysis
+    def log_analysis(self, search: SearchInfo, paths: list[Path], metrics: dict[str, float | None], *,
+                     artifact_path: str = "analysis") -> str | None:
+        """`gpnas analyze`: the report files under ``artifact_path`` of the search's own run, and the headline
+        metrics (``analysis_surrogate_rho``, ``analysis_size_rho``, ``analysis_delta_rho``) on it. The run is
+        found like :meth:`start_search` finds it but never created nor reopened (a finished run takes artifacts
+        and metrics through the client as it is). -> its run id, or None when the store holds no such run."""
+        exp = self.client.get_experiment_by_name(search.name)
+        if exp is None:
+            return None
+        folder = search.folder.path
+        found = self.client.search_runs(
+            [exp.experiment_id], max_results=1,
+            filter_string=f"tags.`gpnas.role` = 'search' and {_folder_filter(folder)}")
+        if not found and "'" not in str(folder):  # a search run logged before the folder_id tag existed
+            found = self.client.search_runs(
+                [exp.experiment_id], max_results=1,
+                filter_string=f"tags.`gpnas.role` = 'search' and tags.`gpnas.folder` = '{folder}'")
+        if not found:
+            return None
+        run_id = found[0].info.run_id
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        for key, value in metrics.items():
+            if value is not None and value == value:  # an undefined statistic stays out (the UI sorts NaN badly)
+                self.client.log_metric(run_id, key, float(value))
         return run_id
 
     def how_to_open(self) -> str:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gpnas.objectives.gp_features import table_schema
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import TrialRecord
 
@@ -29,7 +30,8 @@ def weights_artifact(arch_id: str) -> str:
 
 
 def write_trial_files(out: Path, *, gp_layers: list[dict[str, Any]], latency: dict[str, Any] | None) -> list[Path]:
-    """A trial's table artifacts in ``out``: ``gradient_path_layers.csv`` (one row per layer) when there is a
+    """A trial's table artifacts in ``out``: ``gradient_path_layers.csv`` (one row per layer: structure, gradient
+    statistics at init and after training) and its ``gradient_path_layers.schema.json`` when there is a
     per-layer table, ``latency.json`` (the protocol and figures) when latency was measured. -> the files."""
     files = []
     if gp_layers:
@@ -40,6 +42,9 @@ def write_trial_files(out: Path, *, gp_layers: list[dict[str, Any]], latency: di
             for row in gp_layers:
                 writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
         files.append(path)
+        schema = out / "gradient_path_layers.schema.json"  # what each column is, its type, when it is known
+        schema.write_text(json.dumps(table_schema(gp_layers), indent=2))
+        files.append(schema)
     if latency:
         path = out / "latency.json"
         path.write_text(json.dumps(latency, indent=2))

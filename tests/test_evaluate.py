@@ -25,6 +25,14 @@ def test_complete_candidate_has_every_objective_and_features(cfg, tmp_path) -> N
     assert result.history and reports  # per-epoch AP was reported
     assert result.gp_layers and result.latency["protocol"]["img_size"] == 160
     assert result.weights_path and (tmp_path / "w" / f"{spec.arch_id}.pt").is_file()
+    # the features known before training, and one table with the statistics at init and after training
+    for key in ("zc_synflow", "zc_grad_norm", "zc_naswot", "zc_maedet_entropy", "gp_init_grad_norm_mean",
+                "gp_stage_p3_mean_sgp", "gp_stage_head_grad_norm_init", "gp_stage_neck_n_cls"):
+        assert key in result.metrics and result.metrics[key] == result.metrics[key], key  # present, not NaN
+    row = next(r for r in result.gp_layers if r["stage"] == "p3")
+    assert row["grad_norm_init"] > 0 and row["grad_norm"] > 0 and row["grad_norm"] != row["grad_norm_init"]
+    assert {r["stage"] for r in result.gp_layers} == {"stem", "p2", "p3", "p4", "p5", "neck", "head"}
+    assert not any(k.startswith(("gp_", "zc_")) for k in reports[0])  # features are not per-epoch reports
 
 
 def test_infeasible_candidate_is_not_trained(cfg) -> None:
@@ -54,6 +62,23 @@ def test_same_spec_seed_and_work_budget_give_the_same_ap(cfg) -> None:
     assert first.state == second.state == "complete"
     assert first.metrics["ap"] == second.metrics["ap"]
     assert [h["ap"] for h in first.history] == [h["ap"] for h in second.history]
+
+
+def test_features_before_training_do_not_change_what_is_learned(cfg, tmp_path) -> None:
+    """Init gradients and zero-cost proxies work on copies with a fixed batch: the trained weights are the same
+    bits with them or without them."""
+    import torch
+
+    spec = get_preset("yolor-v3-nano").replace(width_multiple=0.0625)
+    base = ["data.n_train=24", "data.n_val=8", "train.steps=3", "train.batch_size=8", "latency.enabled=false",
+            "objectives=[ap, gflops]", "gradient_path.measured=false", "gradient_path.structural=false"]
+    on = evaluate_candidate(spec, load_config(None, base), weights_dir=tmp_path / "on")
+    off = evaluate_candidate(spec, load_config(None, [*base, "gradient_path.at_init=false",
+                                                      "gradient_path.zero_cost=false"]), weights_dir=tmp_path / "off")
+    assert on.state == off.state == "complete"
+    a, b = (torch.load(r.weights_path) for r in (on, off))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "zc_naswot" in on.metrics and not any(k.startswith(("zc_", "gp_init_")) for k in off.metrics)
 
 
 def test_trial_past_its_wall_clock_cap_is_recorded_as_timeout(cfg, tmp_path) -> None:

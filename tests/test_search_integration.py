@@ -66,6 +66,10 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
     # export rebuilds the measured model; weights load strictly
     if pareto:
         _check_export(tmp_path, folder)
+    # four trials are too few to say which feature predicts AP: a clear refusal, no traceback
+    refused = subprocess.run([*GPNAS, "analyze", str(folder)], capture_output=True, text=True, env=cli_env(tmp_path),
+                             cwd=tmp_path, timeout=120)
+    assert refused.returncode == 2 and "at least 5" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def _check_export(tmp_path: Path, folder: Path, pick: str = "best-ap") -> None:

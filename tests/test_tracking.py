@@ -73,7 +73,8 @@ def test_the_trials_node_logs_its_artifacts_and_they_come_back(tracker: MlflowTr
     assert logs_here(tracker.uri)
     logged = log_trial_artifacts(tracker.uri, run_id, arch_id="arch002", gp_layers=LAYERS, latency=LATENCY,
                                  weights=weights)
-    assert logged == ["gradient_path_layers.csv", "latency.json", "weights/arch002.pt"]
+    assert logged == ["gradient_path_layers.csv", "gradient_path_layers.schema.json", "latency.json",
+                      "weights/arch002.pt"]
     weights.unlink()  # the node's disk is gone: the run holds the copy
     got = fetch_artifact(tracker.uri, run_id, weights_artifact("arch002"), tmp_path / "cache" / "arch002.pt")
     assert got is not None and got.read_bytes() == b"weights of arch002"
