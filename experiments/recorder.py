@@ -95,6 +95,11 @@ class Recorder:
     def cached(self, arch_id: str) -> TrialResult | None:
         return self.by_arch.get(arch_id)
 
+    def complete_metrics(self) -> list[dict[str, float]]:
+        """The metrics of every complete candidate with an AP so far (this run's and, on resume, the study's),
+        in the order they ended: what the pre-screen's surrogate is fitted on."""
+        return [dict(tr.metrics) for tr in self.by_arch.values() if tr.state == "complete" and "ap" in tr.metrics]
+
     def started(self, trial_id: str, ot_trial: Any, params: dict[str, Any], spec_yaml: str | None) -> str | None:
         """A trial is about to run: its MLflow run is made now (RUNNING, genes, spec) and its id kept in the
         study, so the run is there to watch while the trial trains. -> the run id (None without MLflow)."""

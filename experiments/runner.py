@@ -128,9 +128,12 @@ def _tuner(cfg: SearchConfig, folder: SearchFolder, space: SearchSpace, recorder
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from gpnas.experiments.prescreen import Prescreen
+
     searcher = searcher_class()(
         recorder=recorder, space=space, metric=list(cfg.objectives), mode=cfg.modes(),
         sampler=make_sampler(cfg, resumed_after=resumed_after), study_name=cfg.name, storage=storage,
+        prescreen=Prescreen(cfg) if cfg.prescreen.enabled else None,
     )
     scheduler = rung_scheduler(recorder) if cfg.early_stopping.enabled else None
     fn = tune.with_parameters(trainable, cfg_json=cfg.model_dump_json(), base_json=space.base.model_dump_json(),

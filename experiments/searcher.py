@@ -27,6 +27,7 @@ from gpnas.search_space.space import SearchSpace
 from gpnas.search_space.spec import ArchSpec
 
 if TYPE_CHECKING:
+    from gpnas.experiments.prescreen import Prescreen
     from gpnas.experiments.recorder import Recorder
 
 __all__ = ["make_sampler", "searcher_class", "trainable"]
@@ -163,8 +164,8 @@ def searcher_class() -> type:
 
         OptunaSearch keeps its asked trials, its study and the trials it has told in private attributes
         (``_ot_trials``, ``_ot_study``, ``_completed_trials``; checked against ray 2.60.0) and has no public
-        accessor for them: :meth:`_asked`, :meth:`_forget`, :meth:`_study` and :meth:`_told` are the only places
-        that touch them.
+        accessor for them: :meth:`_asked`, :meth:`_forget`, :meth:`_study`, :meth:`_told` and :meth:`_screened`
+        are the only places that touch them.
 
         No candidate is trained twice: a proposal whose arch_id the study already holds (ended, or running now)
         is recorded as ``duplicate`` (not counted against the budget, never told to the sampler as a result)
@@ -172,9 +173,12 @@ def searcher_class() -> type:
         the earlier result reused (the space is then probably exhausted).
         """
 
-        def __init__(self, *, recorder: Recorder, space: SearchSpace, **kwargs: Any) -> None:
+        def __init__(self, *, recorder: Recorder, space: SearchSpace, prescreen: Prescreen | None = None,
+                     **kwargs: Any) -> None:
             self.recorder = recorder
             self.gp_space = space
+            self.prescreen = prescreen
+            self.queue: list[tuple[str, dict[str, Any], ArchSpec | None]] = []  # passed the pre-screen, to train
             super().__init__(space=space.define, **kwargs)
 
         def _asked(self, trial_id: str) -> Any | None:
@@ -207,24 +211,88 @@ def searcher_class() -> type:
             except GpnasError:
                 return None
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        def _propose(self, trial_id: str) -> tuple[dict[str, Any] | None, ArchSpec | None, Any]:
+            """One proposal of the sampler under ``trial_id`` that the study does not hold yet (a repeat is
+            recorded as ``duplicate`` and the sampler asked again); -> (params, spec or None, Optuna trial)."""
             import optuna
 
             for attempt in range(MAX_REASKS + 1):
                 params = super().suggest(trial_id)
                 if not isinstance(params, dict):
-                    return params
+                    return params, None, None
                 spec, ot_trial = self._spec(params), self._asked(trial_id)
                 arch_id = spec.arch_id if spec is not None else "invalid"
                 first = self._taken(ot_trial).get(arch_id)
+                ot_trial.set_user_attr("arch_id", arch_id)
                 if first is None or arch_id == "invalid" or attempt == MAX_REASKS:
                     break
-                ot_trial.set_user_attr("arch_id", arch_id)
                 ot_trial.set_user_attr("gpnas_state", "duplicate")
                 ot_trial.set_user_attr("reason", f"the sampler proposed {arch_id} again (trial {first} has it); "
                                                  "it was asked for another candidate")
                 self._study().tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 self._forget(trial_id)
+            return params, spec, ot_trial
+
+        def _screened(self, trial_id: str) -> tuple[dict[str, Any] | None, ArchSpec | None, Any]:
+            """The next proposal that passed the pre-screen: a round asks the sampler for ``candidates``
+            proposals, trains the best ``keep`` (queued) and records the rest as ``screened``."""
+            if not self.queue:
+                self._screen_round(trial_id)
+            if not self.queue:  # the sampler had nothing to propose
+                return self._propose(trial_id)
+            key, params, spec = self.queue.pop(0)
+            self._ot_trials[trial_id] = self._ot_trials.pop(key)
+            return params, spec, self._asked(trial_id)
+
+        def _screen_round(self, trial_id: str) -> None:
+            import optuna
+
+            from gpnas.experiments.prescreen import Scored
+
+            settings, proposals = self.prescreen.settings, []
+            for i in range(settings.candidates):
+                key = f"{trial_id}-screen{i}"
+                params, spec, ot_trial = self._propose(key)
+                if not isinstance(params, dict):
+                    break
+                proposals.append((key, params, spec, ot_trial))
+            scored = [Scored(spec) for _, _, spec, _ in proposals]
+            self.recorder.console.print(f"[dim]pre-screen: measuring {len(proposals)} proposals without training[/]")
+            for s in scored:
+                try:
+                    s.metrics = self.prescreen.measure(s.spec) if s.spec is not None else {}
+                    s.error = None if s.spec is not None else "invalid parameters"
+                except GpnasError as err:  # a candidate that cannot be built or measured: not trained
+                    s.error = f"{type(err).__name__}: {err}"
+            order = self.prescreen.score(scored, self.recorder.complete_metrics())
+            for place, i in enumerate(order):
+                key, params, spec, ot_trial = proposals[i]
+                s = scored[i]
+                ot_trial.set_user_attr("screen_score", s.score)
+                ot_trial.set_user_attr("screen_rank", s.rank)
+                ot_trial.set_user_attr("screen_metrics", s.metrics)
+                if s.predicted_ap is not None:
+                    ot_trial.set_user_attr("screen_predicted_ap", s.predicted_ap)
+                if place < settings.keep and s.error is None:
+                    self.queue.append((key, params, spec))
+                    continue
+                ot_trial.set_user_attr("gpnas_state", "screened")
+                ot_trial.set_user_attr("reason", self.prescreen.reason(s, len(proposals)))
+                self._study().tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                self._forget(key)
+            kept = ", ".join(spec.arch_id for _, _, spec in self.queue if spec is not None)
+            self.recorder.console.print(f"[dim]pre-screen: training {kept} ({len(proposals) - len(self.queue)} "
+                                        "screened out)[/]")
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            if self.prescreen is not None and (self.queue or self.prescreen.ready(
+                    len(self.recorder.complete_metrics()))):
+                params, spec, ot_trial = self._screened(trial_id)
+            else:
+                params, spec, ot_trial = self._propose(trial_id)
+            if not isinstance(params, dict):
+                return params
+            arch_id = spec.arch_id if spec is not None else "invalid"
             ot_trial.set_user_attr("arch_id", arch_id)
             ot_trial.set_user_attr("tune_trial_id", trial_id)
             self.recorder.asked[trial_id] = ot_trial
