@@ -110,6 +110,20 @@ def power(rows: list[Row]) -> list[tuple[str, float, str]]:
     return out
 
 
+def partial_table(rows: list[Row]) -> list[tuple[str, float, float, float]]:
+    """(feature, partial ρ controlling GFLOPs and params, its p-value, raw ρ), largest |partial ρ| first."""
+    from gpnas.results.analysis import partial_spearman
+
+    y = np.array([r.target for r in rows])
+    controls = np.array([[r.gflops, r.params] for r in rows])
+    out = []
+    for name in [*informative(rows, "gp_"), *informative(rows, "zc_")]:
+        x = np.array([r.features[name] for r in rows])
+        r, p = partial_spearman(x, y, controls)
+        out.append((name, r, p, rho(x, y)))
+    return sorted(out, key=lambda t: -abs(t[1]))
+
+
 # ---------------------------------------------------------------------------------- part 2: pre-screen
 def screened_run(table: mf.Table, rows: list[Row], seed: int, budget: int, candidates: int, keep: int,
                  score: str) -> list[tuple[float, float]]:
@@ -202,6 +216,12 @@ def main() -> int:
           f"vs the best size baseline ({size}): {delta:+.3f}")
     print(f"     target >= +0.10 over size alone: {'met' if delta >= 0.1 else 'not met'} against the best size "
           f"baseline, {'met' if delta_fit >= 0.1 else 'not met'} against the size-only surrogate\n")
+
+    print("part 1b: partial Spearman with AP controlling GFLOPs and params (the 6 largest |partial ρ|)")
+    for name, r, p, raw in partial_table(rows)[:6]:
+        print(f"  {name:34s} partial {r:+.3f} (p {p:.3f})   raw ρ {raw:+.3f}")
+    print(f"  (with {len(rows)} candidates and {len(informative(rows, 'gp_')) + len(informative(rows, 'zc_'))} "
+          "features tested, p < 0.001 is the bar for one feature to stand out: Bonferroni at 0.05)\n")
 
     print(f"part 2: hypervolume at equal training work ({args.seeds} seeds, budget {args.full} trainings; "
           f"pre-screen: {args.candidates} proposals, {args.keep} trained)")
