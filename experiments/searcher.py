@@ -258,10 +258,9 @@ def searcher_class() -> type:
                 proposals.append((key, params, spec, ot_trial))
             scored = [Scored(spec) for _, _, spec, _ in proposals]
             self.recorder.console.print(f"[dim]pre-screen: measuring {len(proposals)} proposals without training[/]")
-            for s in scored:
-                try:
-                    s.metrics = self.prescreen.measure(s.spec) if s.spec is not None else {}
-                    s.error = None if s.spec is not None else "invalid parameters"
+            for s, (_, params, _, _) in zip(scored, proposals, strict=True):
+                try:  # parameters that make no valid spec raise here, with the reason
+                    s.metrics = self.prescreen.measure(s.spec or self.gp_space.from_params(params))
                 except GpnasError as err:  # a candidate that cannot be built or measured: not trained
                     s.error = f"{type(err).__name__}: {err}"
             order = self.prescreen.score(scored, self.recorder.complete_metrics())

@@ -259,12 +259,19 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> No
 
 def test_sync_backfills_a_search_run_without_mlflow(tmp_path: Path) -> None:
     """The study is the source of truth: a search recorded with --no-mlflow reaches a tracking server through
-    `gpnas sync`, once, whatever the number of syncs."""
+    `gpnas sync`, once, whatever the number of syncs. The search pre-screens (2 proposals, 1 trained, by NASWOT):
+    the proposals it did not train are in the study as screened, with their scores, and never reach MLflow."""
     import requests
 
     with _mlflow_server(tmp_path, cli_env(tmp_path)) as uri:
-        quiet = write_config(tmp_path, "quiet", 2)
-        gpnas(tmp_path, "search", "--config", str(quiet), "--no-mlflow")
+        quiet = write_config(tmp_path, "quiet", 2, prescreen={"candidates": 2, "keep": 1, "score": "naswot"})
+        out = gpnas(tmp_path, "search", "--config", str(quiet), "--no-mlflow")
+        assert "pre-screen: training" in out.stdout
+        status = status_json(tmp_path, tmp_path / "runs" / "quiet")
+        assert status["trials"]["screened"] == 2 and status["finished"] == 2
+        reasons = [t["reason"] for t in status["per_trial"] if t["state"] == "screened"]
+        assert all(r.startswith(("pre-screen: zc_naswot", "pre-screen: could not be measured")) for r in reasons), \
+            reasons
         for _ in range(2):
             gpnas(tmp_path, "sync", str(tmp_path / "runs" / "quiet"), "--tracking-uri", uri)
         body = {"experiment_ids": [_experiment_id(uri, "quiet")], "max_results": 100}
