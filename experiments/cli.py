@@ -204,18 +204,42 @@ def export(
     root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
     force: Annotated[bool, typer.Option("--force", help="Write into a folder that holds files (overwrites the "
                                                         "files export writes).")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="spec, onnx, torchscript, or several: onnx,torchscript "
+                                                      "(the spec YAML is always written).")] = "spec",
+    img: Annotated[int | None, typer.Option(help="Graph input size (default: the spec's).")] = None,
+    batch: Annotated[str, typer.Option(help="Graph batch: a number, or 'dynamic'.")] = "1",
+    dynamic_size: Annotated[bool, typer.Option("--dynamic-size", help="Any input size (a multiple of 32).")]
+    = False,
+    decode: Annotated[bool, typer.Option("--decode", help="Decode boxes in the graph (NMS stays outside).")]
+    = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    latency: Annotated[bool, typer.Option("--latency", help="Time the ONNX graph with onnxruntime and the torch "
+                                                            "model under the search's CPU protocol.")] = False,
 ) -> None:
-    """Write the chosen architectures as spec YAMLs (they rebuild the measured models) plus a manifest."""
+    """Write the chosen architectures as spec YAMLs (they rebuild the measured models) plus a manifest; with
+    --format onnx / torchscript also the fused graphs, each checked by running it against the torch model."""
     from gpnas.experiments.search_api import open_search
+    from gpnas.results.deploy import DeployOptions
     from gpnas.results.export import check_out
     from gpnas.results.export import export as export_archs
 
+    if batch != "dynamic" and not (batch.isdigit() and int(batch) >= 1):
+        raise GpnasError(f"--batch {batch!r}: give a batch size (1, 8, ...) or 'dynamic'")
+    deploy = DeployOptions(img=img, batch=None if batch == "dynamic" else int(batch), dynamic_size=dynamic_size,
+                           decode=decode, opset=opset, latency=latency)
     check_out(out, force=force)  # refuse a bad --out before the search is even read
     _, cfg = open_search(search, root)
-    manifest = export_archs(cfg.info(), pick, out, weights=weights, force=force)
+    manifest = export_archs(cfg.info(), pick, out, weights=weights, force=force,
+                            formats=tuple(f.strip() for f in fmt.split(",") if f.strip()), deploy=deploy)
     for entry in manifest["architectures"]:
         say("  ", out / entry["spec"], f"  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
             f"gflops {entry['gflops']:.4f}")
+        for kind, graph in entry.get("deploy", {}).items():
+            if isinstance(graph, dict):
+                check = graph["check"]
+                say("    ", out / graph["file"], f"  {kind}: max |diff| {check['max_abs_diff']:.2g} vs torch, "
+                    f"AP {check['ap_runtime']:.4f} (torch {check['ap_torch']:.4f}) on {check['images']} "
+                    "digits val images")
     say(f"wrote {len(manifest['architectures'])} architectures and ", out / "manifest.json")
 
 
@@ -349,7 +373,7 @@ def ui(
 
 @app.command()
 def latency(
-    arch: Annotated[str, typer.Argument(help="Preset name or spec YAML file.")],
+    arch: Annotated[str, typer.Argument(help="Preset name, spec YAML file, or an exported .onnx file.")],
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     img: Annotated[int | None, typer.Option(help="Input size (default: the spec's).")] = None,
@@ -370,6 +394,10 @@ def latency(
 
     if mode not in ("measured", "predicted", "both"):
         raise GpnasError(f"--mode {mode!r}: choose measured, predicted or both")
+    if arch.endswith(".onnx"):
+        _onnx_latency(Path(arch), batch=batch, img=img, dtype=dtype, repeats=repeats, warmup=warmup,
+                      threads=threads, device=device, as_json=as_json)
+        return
     spec = resolve_arch(arch)
     given = {k: v for k, v in (("repeats", repeats), ("warmup", warmup)) if v is not None}
     protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or spec.img_size,  # type: ignore[arg-type]
@@ -387,6 +415,30 @@ def latency(
             value = record["measured"][key]
             add_row(tab, f"measured {key}", f"{value:.4f}" if isinstance(value, float) else value)
     add_row(tab, "protocol", json.dumps(record["protocol"]))
+    console.print(tab)
+
+
+def _onnx_latency(path: Path, *, batch: int, img: int | None, dtype: str, repeats: int | None,
+                  warmup: int | None, threads: int, device: str, as_json: bool) -> None:
+    """`gpnas latency MODEL.onnx`: the exported graph under onnxruntime, with the same protocol as a torch model
+    (the input size defaults to the graph's own when it is fixed)."""
+    from gpnas.objectives.latency import LatencyProtocol
+    from gpnas.objectives.onnx_runtime import input_shape, measure_onnx_latency, onnx_session
+
+    fixed = input_shape(onnx_session(path))[2]
+    if img is None and not isinstance(fixed, int):
+        raise GpnasError(f"{path} takes any input size: give one with --img (a multiple of 32)")
+    given = {k: v for k, v in (("repeats", repeats), ("warmup", warmup)) if v is not None}
+    protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or int(fixed),  # type: ignore[arg-type]
+                               threads=threads, **given)
+    result = measure_onnx_latency(path, protocol).to_dict()
+    if as_json:
+        _print_json({"file": str(path), "runtime": "onnxruntime", "measured": result})
+        return
+    tab = table(show_header=False, title=f"latency of {path.name} (onnxruntime)")
+    for key in ("median_ms", "iqr_ms", "cv", "device_name"):
+        add_row(tab, f"measured {key}", f"{result[key]:.4f}" if isinstance(result[key], float) else result[key])
+    add_row(tab, "protocol", json.dumps(result["protocol"]))
     console.print(tab)
 
 

@@ -190,11 +190,43 @@ def _entry(rec: TrialRecord, sources: tuple[Path, Path | None], out: Path) -> di
     return entry
 
 
-def export(search: SearchInfo, pick: str, out: Path, *, weights: bool = False, force: bool = False
-           ) -> dict[str, Any]:
-    """Write ``<out>/<arch_id>.yaml`` per chosen trial, ``manifest.json``, and ``<arch_id>.pt`` if asked.
+def _graphs(entry: dict[str, Any], out: Path, formats: tuple[str, ...], deploy: Any,
+            protocol: dict[str, Any] | None) -> None:
+    """Add the deployable graphs of one exported architecture (fused, verified by a runtime) to its entry."""
+    import torch
+
+    from gpnas.results.deploy import export_model
+    from gpnas.search_space.builder import build_detector
+    from gpnas.search_space.spec import load_spec
+
+    spec = load_spec(out / entry["spec"])
+    model = build_detector(spec)
+    if entry.get("weights"):
+        model.load_state_dict(torch.load(out / entry["weights"], weights_only=True), strict=True)
+    entry["deploy"] = {"weights": "proxy-trained" if entry.get("weights") else "initial (untrained: export with "
+                       "--weights for the trained ones)",
+                       **{fmt: export_model(spec, model, fmt, out, deploy) for fmt in formats if fmt != "spec"}}
+    if deploy.latency and "onnx" in entry["deploy"]:
+        from gpnas.results.deploy import compare_latency
+
+        entry["deploy"]["latency"] = compare_latency(spec, model, out / entry["deploy"]["onnx"]["file"], deploy,
+                                                     protocol)
+
+
+def export(search: SearchInfo, pick: str, out: Path, *, weights: bool = False, force: bool = False,
+           formats: tuple[str, ...] = ("spec",), deploy: Any = None) -> dict[str, Any]:
+    """Write ``<out>/<arch_id>.yaml`` per chosen trial, ``manifest.json``, and ``<arch_id>.pt`` if asked; with
+    ``formats`` ``onnx`` / ``torchscript`` also the fused graph of each (``deploy``: a
+    :class:`gpnas.results.deploy.DeployOptions`), each verified by running it (see :mod:`gpnas.results.deploy`).
 
     ``out`` must be new or empty unless ``force`` (then the files written here replace those of the same name)."""
+    from gpnas.results.deploy import FORMATS, DeployOptions
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"--format {','.join(unknown)}: choose from {', '.join(FORMATS)} (several: "
+                          "--format spec,onnx,torchscript)")
+    deploy = deploy or DeployOptions()
     check_out(out, force=force)
     recs = st.records(st.load_study(search.folder, search.name))
     chosen = pick_records(recs, search, pick)
@@ -207,6 +239,9 @@ def export(search: SearchInfo, pick: str, out: Path, *, weights: bool = False, f
     try:
         out.mkdir(parents=True, exist_ok=True)
         manifest["architectures"] = [_entry(rec, src, out) for rec, src in zip(chosen, sources, strict=True)]
+        if any(f != "spec" for f in formats):
+            for entry in manifest["architectures"]:
+                _graphs(entry, out, formats, deploy, settings.get("latency"))
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     except OSError as err:
         raise ConfigError(f"export folder {out}: cannot write {err.filename or out} ({err.strerror or err})") from None

@@ -41,7 +41,7 @@ def _stop_when(folder: Path, name: str, driver: subprocess.Popen, condition: obj
 
 
 def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "halving", 8, train={"steps": 12, "batch_size": 8},
+    path = write_config(tmp_path, "halving", 6, train={"steps": 12, "batch_size": 8},
                         space={"base": "yolor-csp-nano", "genes": GENES},
                         early_stopping={"type": "mo-asha", "min_budget": 3, "reduction_factor": 2},
                         refine={"top": 1, "seeds": 2, "budget_multiplier": 1.5, "max_trials": 2})
@@ -62,7 +62,7 @@ def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path:
     gpnas(tmp_path, "resume", str(folder), timeout=600)
     after = records(load_study(folder, "halving"))
     counted = [r for r in after if r.state not in ("interrupted", "duplicate")]
-    assert len(counted) == 8 and all(r.state in ("complete", "pruned", "failed") for r in counted)
+    assert len(counted) == 6 and all(r.state in ("complete", "pruned", "failed") for r in counted)
     # every decision taken before the kill stands (a re-run of an interrupted candidate got the same one)
     for r in after:
         for d in r.rungs:
@@ -72,7 +72,7 @@ def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path:
     assert len(trained) == len(set(trained)), trained
     info = status_json(tmp_path, folder)
     rows = {row["number"]: row for row in info["per_trial"]}
-    assert sum(info["trials"][s] for s in ("complete", "pruned", "failed")) == 8
+    assert sum(info["trials"][s] for s in ("complete", "pruned", "failed")) == 6
     pruned = [row for row in rows.values() if row["state"] == "pruned"]
     assert pruned and all(row["reason"].startswith("stopped by mo-asha at rung") for row in pruned)
     assert all(row["ap"] is not None and row["rungs"][-1]["decision"] == "stop" for row in pruned)

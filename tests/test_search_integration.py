@@ -80,9 +80,14 @@ def _check_export(tmp_path: Path, folder: Path, pick: str = "best-ap") -> None:
     from gpnas.search_space.spec import load_spec
 
     out = tmp_path / "exported"
-    gpnas(tmp_path, "export", str(folder), "--pick", pick, "--out", str(out), "--weights", "--force")
+    gpnas(tmp_path, "export", str(folder), "--pick", pick, "--out", str(out), "--weights", "--force",
+          *(("--format", "onnx,torchscript") if pick == "best-ap" else ()))
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["architectures"][0]
+    if pick == "best-ap":  # the searched candidate with its trained weights, as deployable graphs, checked
+        assert entry["deploy"]["weights"] == "proxy-trained"
+        for fmt in ("onnx", "torchscript"):
+            assert (out / entry["deploy"][fmt]["file"]).is_file() and entry["deploy"][fmt]["check"]["images"] == 100
     spec = load_spec(out / entry["spec"])
     assert spec.arch_id == entry["arch_id"]
     size = measure_complexity(spec)
@@ -129,7 +134,12 @@ def _two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, st
     processes (ray.cluster_utils); -> (address, worker node id). Ended by PID, whatever Ray's shutdown leaves."""
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every node on loopback
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # as `ray start` does: a driver with a token needs it
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
+
+    # the head waits ~20 s for its GCS by default; on 2 busy cores (the previous test's Ray still exiting) that
+    # was once too short in CI: wait up to 60 s (ray 2.60.0 reads this module constant at each connection)
+    monkeypatch.setattr(ray_constants, "NUM_REDIS_GET_RETRIES", 60)
 
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
@@ -202,7 +212,7 @@ def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> N
     another trial has finished; resume runs exactly the remaining budget and closes the orphaned runs as KILLED."""
     import mlflow
 
-    path = write_config(tmp_path, "killed", 5, train={"steps": 40, "batch_size": 8, "eval_steps": [2]})
+    path = write_config(tmp_path, "killed", 5, train={"steps": 24, "batch_size": 8, "eval_steps": [2]})
     driver = subprocess.Popen([*GPNAS, "search", "--config", str(path)], env=cli_env(tmp_path),
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
