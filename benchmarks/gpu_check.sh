@@ -7,6 +7,7 @@
 #   3. a 60-second AMP training of a nano candidate (images/s)
 #   4. a 4-trial GPU search (one trial per card at a time)
 #   5. the training loader's images/s at 640 with 0, 4 and 8 workers (target >= 150 per worker core)
+#   6. full training with AMP on CUDA: 2 epochs on digits (checkpoints, best.pt, report)
 # Setup: `make setup` (TORCH_SPEC=torch for a CUDA build where the index is reachable; a machine whose python
 # already has a CUDA torch can run with PYTHON=that python and VENV pointing at a venv made with
 # --system-site-packages).
@@ -35,3 +36,9 @@ timeout 240 $GPNAS search --config demo name=gpu-smoke budget.num_trials=4 budge
   train.device=cuda latency.device=cuda latency.dtype=fp16 train.steps=200 --no-mlflow
 echo "== 5. the COCO-like training loader at 640 with 0, 4 and 8 workers (a GPU node's CPUs)"
 timeout 240 $PY benchmarks/data_loading.py --images 1000 --workers 0 4 8 --passes 2
+echo "== 6. full training with AMP on CUDA"
+rm -rf runs/gpu-full
+D=$GPNAS_CACHE/digits-v1-s0-160-2000-300
+$PY -c "from gpnas.trainers.digits import build_digits_dataset; build_digits_dataset()" >/dev/null
+timeout 180 $GPNAS train yolor-elan-nano --data $D/instances_train.json --images $D/train --val-data $D/instances_val.json \
+  --val-images $D/val --epochs 2 --device cuda --out runs/gpu-full --no-mlflow

@@ -19,4 +19,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "search_status": "search_api",
     "run_fidelity": "fidelity",
     "train_candidate": "train_one",
+    "full_train": "full_training",
+    "FullTrainRequest": "full_training",
 })

@@ -68,7 +68,7 @@ def train(
     images: Annotated[str | None, typer.Option(help="Images folder for a COCO --data file.")] = None,
     val_data: Annotated[str | None, typer.Option(help="Val annotation JSON (default: --data).")] = None,
     val_images: Annotated[str | None, typer.Option(help="Val images folder (default: --images).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epoch budget.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epoch budget (with --out: the run's length).")] = None,
     seconds: Annotated[float | None, typer.Option(help="Time budget: AP at equal compute (machine-dependent).")]
     = None,
     steps: Annotated[int | None, typer.Option(help="Step budget (default: the search's, if no budget is given).")]
@@ -76,26 +76,53 @@ def train(
     max_seconds: Annotated[float | None, typer.Option(help="Wall-clock cap; past it the run stops, partial.")]
     = None,
     img: Annotated[int | None, typer.Option(help="Training size (default: the spec's).")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cpu; with --resume: the run's).")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step, all GPUs together (default 16).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.004).")] = None,
     save: Annotated[Path | None, typer.Option(help="Write the trained (EMA) weights here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Full training into this folder: last.pt every epoch, best.pt, "
+                                                   "report; MLflow in DIR/mlflow.db.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --out: continue the run from DIR/last.pt.")]
+    = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="With --out: MLflow URI (default: DIR/mlflow.db).")]
+    = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="With --out: no MLflow run.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Proxy-train one architecture and report COCO AP, AP50, training seconds and images/s."""
+    """Proxy-train one architecture and report COCO AP, AP50, training seconds and images/s; with --out, train it
+    for real: --epochs N, checkpointed every epoch, resumable, multi-GPU under torchrun."""
+    from gpnas.experiments.cli_output import err_console, literal
+    from gpnas.experiments.full_training import FullTrainRequest, check_mode_options, full_train
     from gpnas.experiments.inspect import resolve_arch
-    from gpnas.experiments.train_one import train_candidate
+    from gpnas.experiments.train_one import data_config, train_candidate
 
-    out = train_candidate(
+    check_mode_options(out=out, resume=resume, tracking_uri=tracking_uri, no_mlflow=no_mlflow, proxy_only={
+        "--steps": steps, "--seconds": seconds, "--max-seconds": max_seconds, "--save": save})
+    if out is not None:
+        request = FullTrainRequest(
+            resolve_arch(arch), data_config(data, images, val_data, val_images), out, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, device=device, img=img, resume=resume, tracking_uri=tracking_uri,
+            mlflow=not no_mlflow)
+        report = full_train(request, log=lambda line: (err_console if as_json else console).print(
+            literal(line), highlight=False, soft_wrap=True))
+        if report is not None and as_json:
+            _print_json(report)
+        return
+    overrides = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    result = train_candidate(
         resolve_arch(arch), data=data, images=images, val_data=val_data, val_images=val_images, epochs=epochs,
-        seconds=seconds, steps=steps, max_seconds=max_seconds, img=img, device=device, seed=seed,
-        progress=not as_json, save=save,
+        seconds=seconds, steps=steps, max_seconds=max_seconds, img=img, device=device or "cpu",
+        seed=0 if seed is None else seed, progress=not as_json, save=save, **overrides,
     )
     if as_json:
-        _print_json(out)
+        _print_json(result)
         return
-    tab = table(show_header=False, title=f"proxy training of {out['name'] or out['arch_id']} on {out['data']}")
+    name = result["name"] or result["arch_id"]
+    tab = table(show_header=False, title=f"proxy training of {name} on {result['data']}")
     for key in ("ap", "ap50", "ap75", "train_seconds", "images_per_second", "epochs", "steps", "timed_out"):
-        value = out.get(key)
+        value = result.get(key)
         add_row(tab, key, f"{value:.4f}" if isinstance(value, float) else value)
     console.print(tab)
 

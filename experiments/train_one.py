@@ -70,7 +70,7 @@ def train_candidate(
     # value is reported before the data is loaded.
     config = TrainConfig(epochs=epochs, steps=steps, seconds=seconds, max_seconds=max_seconds, device=device,
                          seed=seed, **train_overrides)
-    proxy = stages.load_data(_data_config(data, images, val_data, val_images), img)
+    proxy = stages.load_data(data_config(data, images, val_data, val_images), img)
     if proxy.num_classes != spec.num_classes:
         spec = spec.replace(num_classes=proxy.num_classes)
     callbacks = [ProgressBar(total_seconds=config.seconds, total_steps=config.steps)] if progress else []
@@ -83,8 +83,9 @@ def train_candidate(
     return out
 
 
-def _data_config(data: str, images: str | None, val_data: str | None, val_images: str | None) -> DataConfig:
-    """The CLI's data arguments as a search config's ``data`` section (so both load data the same way)."""
+def data_config(data: str, images: str | None, val_data: str | None, val_images: str | None) -> DataConfig:
+    """The CLI's data arguments as a search config's ``data`` section (so proxy training, full training and a
+    search load data the same way)."""
     if data == "digits":
         n_train, n_val = digits_sizes()
         return DataConfig(kind="digits", seed=0, n_train=n_train, n_val=n_val)

@@ -1,5 +1,5 @@
 """MLflow layout of a search, the driver's side (the trial's node writes through ``trial_artifacts``; these two
-are the only modules that import mlflow).
+and ``train_tracking``, a full training's run, are the only modules that import mlflow).
 
 One experiment per search name; one parent run per search (config as params and artifact, hypervolume history,
 trial counts by state, the report); one child run per trial, linked by ``mlflow.parentRunId``, made RUNNING when

@@ -301,16 +301,34 @@ class SeededShuffle(Sampler[int]):
     workers, only once with persistent workers. Shuffling from that same generator would make the order depend
     on the worker count; here each pass first draws the int64 that the loader's iterator used to draw, then
     shuffles as ``RandomSampler`` does, so the order is exactly that of ``DataLoader(shuffle=True,
-    generator=seeded)`` without workers (the proxy results from before this sampler), with any workers."""
+    generator=seeded)`` without workers (the proxy results from before this sampler), with any workers.
+
+    Pass e's order is a function of (seed, e) only: the generator carries it from one complete pass to the next,
+    and :meth:`set_epoch` puts it at the start of pass e whatever was read before (a resumed run)."""
 
     def __init__(self, n: int, seed: int) -> None:
+        self.seed = seed
         self.generator = torch.Generator()
         self.generator.manual_seed(seed)
         self._inner = RandomSampler(range(n), generator=self.generator)
+        self._at_pass: int | None = 0  # the pass the generator stands at the start of; None inside or after a cut one
 
     def __iter__(self) -> Iterator[int]:
+        current, self._at_pass = self._at_pass, None
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         yield from self._inner
+        self._at_pass = None if current is None else current + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass the ``epoch``-th (0-based) from the seed: replays the earlier passes' draws (a
+        permutation each, cheap) unless the generator already stands there."""
+        if self._at_pass == epoch:
+            return
+        self.generator.manual_seed(self.seed)
+        self._at_pass = 0
+        for _ in range(epoch):
+            for _ in self:
+                pass
 
     def __len__(self) -> int:
         return len(self._inner)
@@ -333,6 +351,39 @@ class AugmentSeeds(Sampler[tuple[int, tuple[int, int, int]]]):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass the ``epoch``-th: its order (the base's ``set_epoch``) and its draws."""
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+
+class RankShard(Sampler[Any]):
+    """One rank's share of a seeded order under DistributedDataParallel (a DistributedSampler that keeps the
+    single-process batches): global batch k is positions [kB, (k+1)B) of the pass, and rank ``rank`` of
+    ``world`` takes positions rank, rank + world, … of it, so the ranks' batches of B / world together are
+    exactly the batches one process would train on (an incomplete last global batch is dropped). The whole base
+    pass is read on every rank, so its draws (AugmentSeeds' positions included) are the single-process ones."""
+
+    def __init__(self, base: Sampler[Any], *, rank: int, world: int, batch_size: int) -> None:
+        if not 0 <= rank < world or batch_size % world:
+            raise DataError(f"rank {rank} of {world}: the batch size {batch_size} must split evenly over the "
+                            f"{world} processes; give a batch size that is a multiple of {world}")
+        self.base, self.rank, self.world, self.batch_size = base, rank, world, batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        usable = len(self.base) // self.batch_size * self.batch_size  # type: ignore[arg-type]
+        for position, item in enumerate(self.base):
+            if position < usable and position % self.world == self.rank:
+                yield item
+
+    def __len__(self) -> int:
+        return len(self.base) // self.batch_size * self.batch_size // self.world  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
 
 def make_loader(
     dataset: Dataset,
@@ -342,18 +393,24 @@ def make_loader(
     seed: int,
     drop_last: bool = False,
     options: LoaderOptions | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> DataLoader:
     """A DataLoader using :func:`collate`, whose shuffling, augmentation draws and worker seeds follow ``seed``.
 
     The same ``seed`` gives the same batches with 0 or N workers (``options``; default: none, in this process):
     the order comes from :class:`SeededShuffle` and, for a dataset that augments, each item's draws from
-    :class:`AugmentSeeds`, both in the main process."""
+    :class:`AugmentSeeds`, both in the main process. ``shard`` (rank, world): this rank's :class:`RankShard` of
+    the global batches of ``batch_size`` (batches of ``batch_size // world``, the last incomplete one dropped).
+    ``loader.sampler.set_epoch(e)`` (shuffled loaders) makes the next pass epoch e's."""
     generator = torch.Generator()  # the workers' base seeds only
     generator.manual_seed(seed)
     n = len(dataset)  # type: ignore[arg-type]
     base: Sampler[int] = SeededShuffle(n, seed) if shuffle else SequentialSampler(range(n))
     augment = getattr(dataset, "augment", None)
     sampler: Sampler[Any] = AugmentSeeds(base, seed) if isinstance(augment, Augment) and augment.enabled else base
+    if shard is not None:
+        sampler = RankShard(sampler, rank=shard[0], world=shard[1], batch_size=batch_size)
+        batch_size, drop_last = batch_size // shard[1], True
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -69,12 +69,13 @@ class ProxyData:
         _require_annotations(val, "val", "AP is undefined")
         return cls(train=train, val=val, img_size=img_size, name=name or Path(train_ann).stem)
 
-    def train_loader(self, *, batch_size: int, seed: int,
-                     options: LoaderOptions | None = None) -> torch.utils.data.DataLoader:
+    def train_loader(self, *, batch_size: int, seed: int, options: LoaderOptions | None = None,
+                     shard: tuple[int, int] | None = None) -> torch.utils.data.DataLoader:
         """Shuffled and augmented batches of the train split, incomplete last batch dropped; see
-        :func:`~gpnas.trainers.data.make_loader` (the same ``seed`` gives the same batches with any workers)."""
+        :func:`~gpnas.trainers.data.make_loader` (the same ``seed`` gives the same batches with any workers;
+        ``shard`` (rank, world): this process's share of each batch under DistributedDataParallel)."""
         return make_loader(self.train, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True,
-                           options=options)
+                           options=options, shard=shard)
 
     def val_loader(self, *, batch_size: int = 64, options: LoaderOptions | None = None) -> torch.utils.data.DataLoader:
         """The val split in file order (no shuffling, every image, the last batch possibly short)."""

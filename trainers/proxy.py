@@ -88,11 +88,50 @@ class _Stopwatch:
             self._paused += time.perf_counter() - t0
 
 
-def _lr_factor(step: int, total: int, warmup: int, final: float) -> float:
+def lr_factor(step: int, total: int, warmup: int, final: float) -> float:
+    """The LR multiplier at ``step`` (0-based) of ``total`` planned steps: linear warm-up over ``warmup`` steps,
+    then a cosine down to ``final``. A pure function of the step, so a resumed run continues the same curve."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``model``'s parameters; weight decay on the weights only (biases and norm
+    parameters, ndim <= 1, are not decayed)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+
+
+def train_step(
+    model: nn.Module, loss_fn: YoloLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    imgs: torch.Tensor, targets: torch.Tensor, *, config: TrainConfig, where: str,
+) -> dict[str, float]:
+    """One optimiser step (fp16 autocast when ``scaler`` is enabled, gradient clipping per ``config``); -> the
+    per-image loss parts. ``where`` ("step 12 (epoch 0)") names the step if the loss is not finite. The loss
+    parts are already on the host, so the finiteness check costs no extra device sync."""
+    with torch.autocast(imgs.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        preds = model(imgs)
+    loss, parts = loss_fn(preds[:3], targets)
+    if not math.isfinite(parts["total"]):
+        raise TrainingDiverged(
+            f"the loss became {parts['total']} at {where}; "
+            f"lower train.lr (now {config.lr}) or raise train.warmup_fraction (now {config.warmup_fraction})"
+        )
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return parts
 
 
 class ProxyTrainer:
@@ -130,14 +169,7 @@ class ProxyTrainer:
 
     # ------------------------------------------------------------------ setup
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        cfg = self.config
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+        return build_optimizer(model, self.config)
 
     def _planned_steps(self, budget: TrainBudget, steps_per_epoch: int) -> int:
         """Steps the LR schedule spans: the step/epoch budget, or 0 (estimate from the time budget)."""
@@ -274,25 +306,9 @@ class ProxyTrainer:
         self, model: nn.Module, loss_fn: YoloLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
         imgs: torch.Tensor, targets: torch.Tensor,
     ) -> dict[str, float]:
-        """One optimiser step; -> the per-image loss parts. The loss parts are already on the host, so the
-        finiteness check costs no extra device sync."""
-        cfg = self.config
-        with torch.autocast(imgs.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-            preds = model(imgs)
-        loss, parts = loss_fn(preds[:3], targets)
-        if not math.isfinite(parts["total"]):
-            raise TrainingDiverged(
-                f"the loss became {parts['total']} at step {self.step} (epoch {self.epoch}); "
-                f"lower train.lr (now {cfg.lr}) or raise train.warmup_fraction (now {cfg.warmup_fraction})"
-            )
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        return parts
+        """One optimiser step (:func:`train_step`); -> the per-image loss parts."""
+        return train_step(model, loss_fn, opt, scaler, imgs, targets, config=self.config,
+                          where=f"step {self.step} (epoch {self.epoch})")
 
     def _exhausted(self, budget: TrainBudget) -> bool:
         if budget.steps is not None and self.step >= budget.steps:
@@ -305,7 +321,7 @@ class ProxyTrainer:
         cfg = self.config
         total = planned or self._estimate_total(budget, steps_per_epoch)
         warmup = max(1, int(cfg.warmup_fraction * total))
-        return _lr_factor(self.step, total, warmup, cfg.final_lr_fraction)
+        return lr_factor(self.step, total, warmup, cfg.final_lr_fraction)
 
     def _estimate_total(self, budget: TrainBudget, steps_per_epoch: int) -> int:
         """For a pure time budget, the LR schedule spans the steps that the measured rate predicts."""
