@@ -91,7 +91,7 @@ def test_fidelity_of_a_tiny_search_writes_its_report_and_resumes_after_sigkill(t
     _run(tmp_path, "search", "--config", "tiny.yaml")
     folder = tmp_path / "runs" / "tiny"
     runs = folder / "fidelity" / "runs.jsonl"
-    args = ["fidelity", str(folder), "--factor", "40", "--workers", "1"]
+    args = ["fidelity", str(folder), "--factor", "20", "--workers", "1"]
 
     # killed half-way: the two search trials stand for the proxy runs of seed 0, plus at least one trained run
     proc = subprocess.Popen([*GPNAS, *args], env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,

@@ -133,7 +133,11 @@ def _two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, st
     """A Ray head without CPUs and one worker node holding the custom resource ``trainer``, each with its own
     processes (ray.cluster_utils); -> (address, worker node id). Ended by PID, whatever Ray's shutdown leaves."""
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every node on loopback
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # as `ray start` does: a driver with a token needs it
+    # no token auth on this test cluster, for every process: ray reads RAY_AUTH_MODE once per process, and this
+    # pytest process may have imported ray (as 'disabled') long before this test; a head started with 'token'
+    # then refused this process's own GCS client. The driver gets 'disabled' too (gpnas would present the token
+    # of ~/.ray/auth_token otherwise): the README's setting for a cluster without token auth.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
@@ -164,7 +168,7 @@ def test_multi_node_search_logs_artifacts_through_the_tracking_server(tmp_path: 
     `mlflow server --serve-artifacts`, so export and sync work with no file of the trials on this disk."""
     import mlflow
 
-    env = {**cli_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    env = {**cli_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     with _mlflow_server(tmp_path, env) as uri, _two_node_cluster(monkeypatch) as (address, worker_id):
         path = write_config(tmp_path, "multi", 2, budget={"num_trials": 2, "max_concurrent": 2, "cpu": 1,
                                                           "resources": {"trainer": 1}})
