@@ -133,17 +133,24 @@ def gradient_statistics(model: nn.Module, data: ProxyData) -> dict[str, dict[str
     import copy
 
     from gpnas.objectives.gradient_path import measure_gradients
-    from gpnas.trainers.data import make_loader, to_model_input
-    from gpnas.trainers.loss import YoloLoss
 
     model = copy.deepcopy(model)  # the EMA copy has frozen parameters
     for p in model.parameters():
         p.requires_grad_(True)
+    images, loss_fn = _fixed_batch(model, data)
+    return measure_gradients(model, images, loss_fn=loss_fn)
+
+
+def _fixed_batch(model: nn.Module, data: ProxyData) -> tuple[Any, Any]:
+    """The first 8 val images (file order, the same every time) on the CPU, and the detection loss of ``model``'s
+    outputs against their boxes: what the gradient statistics and the zero-cost proxies measure on."""
+    from gpnas.trainers.data import make_loader, to_model_input
+    from gpnas.trainers.loss import YoloLoss
+
     batch, targets, _ = next(iter(make_loader(data.val, batch_size=8, shuffle=False, seed=0)))
-    images = to_model_input(batch, "cpu")
-    loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,
-                       img_size=data.img_size)
-    return measure_gradients(model, images, loss_fn=lambda out: loss_fn(out[:3], targets)[0])
+    loss = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,  # type: ignore[arg-type]
+                    img_size=data.img_size)
+    return to_model_input(batch, "cpu"), lambda out: loss(out[:3], targets)[0]
 
 
 def measured_gradients(model: nn.Module, data: ProxyData) -> dict[str, float]:
@@ -182,12 +189,7 @@ def zero_cost(model: nn.Module, data: ProxyData) -> dict[str, float]:
     """The zero-cost proxies ``zc_*`` of the fresh ``model`` on the fixed val batch (see
     :mod:`gpnas.objectives.zero_cost`)."""
     from gpnas.objectives.zero_cost import zero_cost_scores
-    from gpnas.trainers.data import make_loader, to_model_input
-    from gpnas.trainers.loss import YoloLoss
 
-    batch, targets, _ = next(iter(make_loader(data.val, batch_size=8, shuffle=False, seed=0)))
-    images = to_model_input(batch, "cpu")
-    loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,  # type: ignore[arg-type]
-                       img_size=data.img_size)
-    return zero_cost_scores(model, images, tuple(images.shape[1:]), loss_fn=lambda out: loss_fn(out[:3], targets)[0])
+    images, loss_fn = _fixed_batch(model, data)
+    return zero_cost_scores(model, images, tuple(images.shape[1:]), loss_fn=loss_fn)
 
