@@ -1,12 +1,15 @@
-"""Proxy-training throughput of the four nano presets on CPU (issue 18, part 1: measure first).
+"""Proxy-training throughput of the four nano presets on CPU, speed settings off and on (issue 18).
 
-For each preset at 160 px, batch 16 (digits batches from the seeded loader, AdamW, the trainer's loss): images/s
-over ``--steps`` timed steps after ``--warmup`` steps, the split of a step into forward / loss / backward /
-optimizer, and the achieved GFLOP/s with the stated convention: training ≈ 3 × the forward's fvcore GFLOPs (the
-paper's convention: 2 × multiply-adds, fused model) per image. The machine's practical peak is timed in the same
-run: a large fp32 matmul and a large bf16 matmul (2·n³ FLOPs each), with the same thread count.
+For each preset at 160 px, batch 16 (digits batches from the seeded loader, AdamW, the trainer's loss and
+gradient clipping), with the speed settings off (``amp``, ``channels_last``, ``fused_optimizer`` false: the
+trainer before issue 18) and on (the defaults): images/s over ``--steps`` timed steps after ``--warmup``, the
+split of a step into forward / loss / backward / optimizer, the achieved GFLOP/s with the stated convention
+(training ≈ 3 × the forward's fvcore GFLOPs per image, fp32 count, fused model), and the images/s of
+``ProxyTrainer.fit`` itself. Off and on alternate ``--repeats`` times and the medians are printed, so a change in
+the machine's speed during the run hits both alike. The practical peak is timed in the same run: a large fp32
+and a large bf16 matmul (2·n³ FLOPs each), with the same thread count.
 
-    .venv/bin/python benchmarks/training_throughput.py [--steps 30] [--warmup 5] [--threads N]
+    .venv/bin/python benchmarks/training_throughput.py [--steps 30] [--warmup 5] [--repeats 3] [--threads N]
 
 Run it alone: another process on the same cores changes every figure.
 """
@@ -14,7 +17,9 @@ Run it alone: another process on the same cores changes every figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import statistics
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -28,7 +33,8 @@ from gpnas.search_space.presets import get_preset
 from gpnas.trainers.data import to_model_input
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.loss import YoloLoss
-from gpnas.trainers.proxy import build_optimizer
+from gpnas.trainers.proxy import ProxyTrainer, build_optimizer
+from gpnas.trainers.speedups import amp_dtype, cpu_has_native_bf16, set_layout
 from gpnas.trainers.train_config import TrainConfig
 
 FAMILIES = ("yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-nano")
@@ -47,14 +53,16 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def measure(name: str, data: ProxyData, steps: int, warmup: int) -> dict[str, float]:
+def measure(name: str, data: ProxyData, config: TrainConfig, steps: int, warmup: int) -> dict[str, float]:
+    """One preset under ``config``'s speed settings: the trainer's step taken apart (autocast forward, fp32 loss,
+    backward, clipping + optimiser, as ``train_step`` does them) over ``steps`` timed steps after ``warmup``."""
     spec = get_preset(name)
-    model = stages.build(spec, seed=0).train()
-    gflops = stages.measure_size(spec, model)["gflops"]
-    config = TrainConfig(steps=steps + warmup, batch_size=BATCH, seed=0)
+    model = set_layout(stages.build(spec, seed=0).train(), config, "cpu")
+    gflops = stages.measure_size(spec, stages.build(spec, seed=0))["gflops"]
     opt = build_optimizer(model, config)
+    dtype = amp_dtype(config, "cpu")
     loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,
-                       img_size=data.img_size)
+                       img_size=data.img_size, hyp=config.hyp)
     loader = iter(data.train_loader(batch_size=BATCH, seed=0))
     split = {"forward": 0.0, "loss": 0.0, "backward": 0.0, "optimizer": 0.0}
     images, start = 0, 0.0
@@ -64,18 +72,22 @@ def measure(name: str, data: ProxyData, steps: int, warmup: int) -> dict[str, fl
         except StopIteration:
             loader = iter(data.train_loader(batch_size=BATCH, seed=i))
             batch, targets, _ = next(loader)
-        imgs = to_model_input(batch, "cpu")
+        imgs = to_model_input(batch, "cpu", memory_format=torch.channels_last if config.channels_last
+                              else torch.contiguous_format)
         if i == warmup:
             split = dict.fromkeys(split, 0.0)
             images, start = 0, time.perf_counter()
         t0 = time.perf_counter()
-        preds = model(imgs)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            preds = model(imgs)
         t1 = time.perf_counter()
-        loss, _ = loss_fn(preds[:3], targets)
+        loss, _ = loss_fn([p.float() for p in preds[:3]], targets)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"),
+                                       foreach=config.fused_optimizer or None)
         opt.step()
         t4 = time.perf_counter()
         for key, dt in zip(split, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
@@ -87,10 +99,19 @@ def measure(name: str, data: ProxyData, steps: int, warmup: int) -> dict[str, fl
             **{k: v / steps * 1e3 for k, v in split.items()}}
 
 
+def trainer_rate(name: str, data: ProxyData, config: TrainConfig, steps: int) -> float:
+    """Images/s of ``ProxyTrainer.fit`` itself (EMA and callbacks included, first steps included, no
+    evaluation callback) over a ``steps`` budget: what a search's training sees."""
+    fit = ProxyTrainer(dataclasses.replace(config, steps=steps)).fit(stages.build(get_preset(name), seed=0), data)
+    return fit.images_per_second
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating off/on measurements per preset")
+    parser.add_argument("--trainer-steps", type=int, default=60, help="the budget of each ProxyTrainer.fit timed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,18 +119,39 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
     print(f"# training throughput · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · commit {commit} · "
-          f"{cpu_name()} · {os.cpu_count()} cores · torch {torch.__version__} · {args.threads} threads")
+          f"{cpu_name()} · {os.cpu_count()} cores · torch {torch.__version__} · {args.threads} threads · "
+          f"native bf16: {cpu_has_native_bf16()}")
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     print(f"# practical peak (2048² matmul, best of 5): fp32 {fp32:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s")
-    print(f"# batch {BATCH}, 160 px, AdamW, {args.steps} timed steps after {args.warmup}; GFLOP/s = 3 × forward "
-          "GFLOPs (fvcore, fused) × images/s\n")
+    print(f"# batch {BATCH}, 160 px, AdamW; 'off' = amp, channels_last, fused_optimizer false (the trainer before "
+          "issue 18), 'on' = the defaults")
+    print(f"# step split: {args.steps} timed steps after {args.warmup}; trainer: ProxyTrainer.fit over "
+          f"{args.trainer_steps} steps (EMA, first steps included); each the median of {args.repeats} alternating "
+          "runs")
+    print("# GFLOP/s = 3 × forward GFLOPs (fvcore, fused, fp32 count) × step images/s; % of the fp32 peak\n")
     data = ProxyData.digits(img_size=160)
-    print(f"{'preset':16s} {'img/s':>7s} {'GFLOP/s':>8s} {'% fp32 peak':>11s}   ms/step: {'fwd':>6s} {'loss':>6s} "
-          f"{'bwd':>6s} {'opt':>6s}")
+    list(data.train_loader(batch_size=BATCH, seed=0))  # decode and cache the images before any timing
+    settings = {"off": TrainConfig(amp=False, channels_last=False, fused_optimizer=False), "on": TrainConfig()}
+    print(f"{'preset':16s} {'speed':5s} {'img/s':>7s} {'GFLOP/s':>8s} {'% peak':>7s}   ms/step: {'fwd':>6s} "
+          f"{'loss':>6s} {'bwd':>6s} {'opt':>6s}   {'trainer img/s':>13s}")
     for name in FAMILIES:
-        r = measure(name, data, args.steps, args.warmup)
-        print(f"{name:16s} {r['ips']:7.1f} {r['achieved']:8.1f} {100 * r['achieved'] / fp32:10.1f}%   "
-              f"{'':9s}{r['forward']:6.1f} {r['loss']:6.1f} {r['backward']:6.1f} {r['optimizer']:6.1f}")
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in settings}
+        for _ in range(args.repeats):
+            for key, config in settings.items():
+                r = measure(name, data, config, args.steps, args.warmup)
+                r["trainer"] = trainer_rate(name, data, config, args.trainer_steps)
+                runs[key].append(r)
+        medians = {}
+        for key in settings:
+            ordered = sorted(runs[key], key=lambda r: r["ips"])
+            r = ordered[len(ordered) // 2]
+            trainer = statistics.median(x["trainer"] for x in runs[key])
+            medians[key] = (r["ips"], trainer)
+            print(f"{name:16s} {key:5s} {r['ips']:7.1f} {r['achieved']:8.1f} {100 * r['achieved'] / fp32:6.1f}%   "
+                  f"{'':9s}{r['forward']:6.1f} {r['loss']:6.1f} {r['backward']:6.1f} {r['optimizer']:6.1f}   "
+                  f"{trainer:13.1f}")
+        (step_off, tr_off), (step_on, tr_on) = medians["off"], medians["on"]
+        print(f"{name:16s} on/off: step loop {step_on / step_off:.2f}×, trainer {tr_on / tr_off:.2f}×")
 
 
 if __name__ == "__main__":

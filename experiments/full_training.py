@@ -59,6 +59,7 @@ from gpnas.trainers.data import LoaderOptions, to_model_input
 from gpnas.trainers.ema import ModelEMA
 from gpnas.trainers.loss import YoloLoss
 from gpnas.trainers.proxy import build_optimizer, lr_factor, train_step
+from gpnas.trainers.speedups import set_layout
 
 if TYPE_CHECKING:
     from gpnas.experiments.config import DataConfig
@@ -226,7 +227,9 @@ class FullTraining:
         self.folder, self.fingerprint = folder, fingerprint
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.model = stages.build(spec, seed=config.seed).to(device)
+        self.model = set_layout(stages.build(spec, seed=config.seed).to(device), config, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         torch.manual_seed(config.seed)
         self.ema = ModelEMA(self.model, config.ema_decay, config.ema_tau) if config.ema else None
         self.opt = build_optimizer(self.model, config)
@@ -314,7 +317,9 @@ class FullTraining:
             lr = self._lr()
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            inputs = to_model_input(imgs, self.device, non_blocking=self.options.pin_memory)
+            inputs = to_model_input(imgs, self.device, non_blocking=self.options.pin_memory,
+                                    memory_format=torch.channels_last if self.config.channels_last else
+                                    torch.contiguous_format)
             parts = train_step(self.net, self.loss_fn, self.opt, self.scaler, inputs, targets.to(self.device),
                                config=self.config, where=f"step {self.step} (epoch {self.epoch})")
             self.step += 1

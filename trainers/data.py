@@ -265,14 +265,16 @@ def collate(
     return images, torch.cat(targets) if targets else torch.zeros(0, 6), [item[2] for item in batch]
 
 
-def to_model_input(images: torch.Tensor, device: torch.device | str, *, non_blocking: bool = False) -> torch.Tensor:
+def to_model_input(images: torch.Tensor, device: torch.device | str, *, non_blocking: bool = False,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """images: Tensor[B, 3, S, S] uint8 (from :func:`collate`) -> Tensor[B, 3, S, S] float32 in [0, 1],
-    contiguous, on ``device``. The uint8 batch is copied (``non_blocking`` when it is pinned) and converted there:
-    ``x / 255`` in float32, the same bits as on the host. A floating batch is moved, not rescaled."""
-    images = images.to(device, non_blocking=non_blocking)
+    dense in ``memory_format``, on ``device``. The uint8 batch is copied (``non_blocking`` when it is pinned),
+    laid out and converted there: ``x / 255`` in float32, the same bits as on the host. A floating batch is
+    moved, not rescaled."""
+    images = images.to(device, non_blocking=non_blocking).contiguous(memory_format=memory_format)
     if images.dtype == torch.uint8:
         images = images.float().div_(255.0)
-    return images.contiguous()
+    return images.contiguous(memory_format=memory_format)
 
 
 @dataclass(frozen=True)

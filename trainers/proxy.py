@@ -9,7 +9,9 @@ happens; what is measured there is up to the callbacks' ``on_evaluate`` (COCO AP
 What is deterministic: on CPU, the same model initialisation, ``seed``, thread count and step/epoch budget give
 bit-identical weights and AP whatever else runs on the machine (the batches follow ``seed``, the val order is
 fixed, no kernel here picks its algorithm by timing). Different thread counts change the summation order, and so
-the last bits. A ``seconds`` budget is not deterministic: how far a run gets depends on the machine's load.
+the last bits; so do the speed settings (``amp``, ``channels_last``, ``fused_optimizer``: other kernels, the same
+training), and bf16 autocast is only used on CPUs with native bf16, so two machines differing there differ too.
+A ``seconds`` budget is not deterministic: how far a run gets depends on the machine's load.
 
 The defaults are tuned for what proxy training is for: ranking candidates after a few hundred steps on a CPU,
 not for the best final AP. See ``train_config.py`` (PROXY_HYP, TrainConfig) for the measurements behind them.
@@ -34,6 +36,7 @@ from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.device_slot import TrainingSlot
 from gpnas.trainers.ema import EMA
 from gpnas.trainers.loss import YoloLoss
+from gpnas.trainers.speedups import amp_dtype, release_layout, set_layout
 from gpnas.trainers.train_config import (  # the config lives beside: re-exported, the trainer's own vocabulary
     TrainBudget,
     TrainConfig,
@@ -99,26 +102,29 @@ def lr_factor(step: int, total: int, warmup: int, final: float) -> float:
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """``config.optimizer`` over ``model``'s parameters; weight decay on the weights only (biases and norm
-    parameters, ndim <= 1, are not decayed)."""
+    parameters, ndim <= 1, are not decayed). ``config.fused_optimizer``: torch's fused kernel (CPU and CUDA)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if config.fused_optimizer else {}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, **fused)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999), **fused)
 
 
 def train_step(
     model: nn.Module, loss_fn: YoloLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     imgs: torch.Tensor, targets: torch.Tensor, *, config: TrainConfig, where: str,
 ) -> dict[str, float]:
-    """One optimiser step (fp16 autocast when ``scaler`` is enabled, gradient clipping per ``config``); -> the
-    per-image loss parts. ``where`` ("step 12 (epoch 0)") names the step if the loss is not finite. The loss
-    parts are already on the host, so the finiteness check costs no extra device sync."""
-    with torch.autocast(imgs.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+    """One optimiser step (the forward under ``config.amp``'s autocast, see :func:`amp_dtype`; the loss in fp32;
+    gradient clipping per ``config``); -> the per-image loss parts. ``where`` ("step 12 (epoch 0)") names the
+    step if the loss is not finite. The loss parts are already on the host, so the finiteness check costs no
+    extra device sync. ``scaler`` scales the fp16 loss on CUDA (disabled elsewhere)."""
+    dtype = amp_dtype(config, imgs.device)
+    with torch.autocast(imgs.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         preds = model(imgs)
-    loss, parts = loss_fn(preds[:3], targets)
+    loss, parts = loss_fn([p.float() for p in preds[:3]], targets)
     if not math.isfinite(parts["total"]):
         raise TrainingDiverged(
             f"the loss became {parts['total']} at {where}; "
@@ -128,7 +134,7 @@ def train_step(
     scaler.scale(loss).backward()
     if config.grad_clip:
         scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=config.fused_optimizer or None)
     scaler.step(opt)
     scaler.update()
     return parts
@@ -153,6 +159,7 @@ class ProxyTrainer:
             self.callbacks.insert(0, EMA(self.config.ema_decay, self.config.ema_tau))
         self.model: nn.Module | None = None
         self.eval_model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self.device = torch.device(self.config.device)
         self.should_stop = False
         self.final_evaluation = False
@@ -188,17 +195,22 @@ class ProxyTrainer:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device is 'cuda' but no CUDA device is visible; set train.device to 'cpu' "
                               "(gpnas train: --device cpu)")
-        old_threads = torch.get_num_threads()
+        old_threads, old_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         torch.manual_seed(cfg.seed)
         self.device = device
         self._slot = TrainingSlot()  # a latency measurement on this machine pauses the steps (device_slot.py)
         try:
-            return self._fit(model.to(device), data, cfg.budget if budget is None else budget)
+            return self._fit(set_layout(model.to(device), cfg, device), data, cfg.budget if budget is None else budget)
         finally:
             self._slot.close()
             torch.set_num_threads(old_threads)
+            torch.backends.cudnn.benchmark = old_benchmark
+            for trained in {id(m): m for m in (model, self.eval_model) if m is not None}.values():
+                release_layout(trained)  # the result is the model as built: NCHW, no training layout
 
     def _fit(self, model: nn.Module, data: ProxyData, budget: TrainBudget) -> FitResult:
         cfg, device = self.config, self.device
@@ -209,10 +221,11 @@ class ProxyTrainer:
                               "images (incomplete batches are dropped); lower it")
         loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,  # type: ignore[arg-type]
                            img_size=data.img_size, hyp=cfg.hyp)
-        opt = self._optimizer(model)
+        opt = self.optimizer = self._optimizer(model)
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
         planned = self._planned_steps(budget, len(loader))
         eval_at = frozenset(cfg.eval_steps)
+        layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self._start(model)
         images, timed_out, wall_start = 0, False, time.perf_counter()
         self._emit("on_fit_start")
@@ -223,7 +236,7 @@ class ProxyTrainer:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with self._in_slot():
-                    inputs = to_model_input(imgs, device, non_blocking=options.pin_memory)
+                    inputs = to_model_input(imgs, device, non_blocking=options.pin_memory, memory_format=layout)
                     parts = self._train_step(model, loss_fn, opt, scaler, inputs, targets.to(device))
                     self.step += 1
                     images += imgs.shape[0]

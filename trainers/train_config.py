@@ -102,8 +102,8 @@ class TrainConfig:
     updates per second), and 8 loses per second (~84 img/s: 0.45 vs 0.54 in 90 s). AdamW beats SGD (lr 0.02:
     0.03). lr 0.008 ≈ 0.004 (0.41 vs 0.40). EMA on or off makes no measurable difference at this length
     (0.089 vs 0.093). Gradient clipping at 10 matters: without it 0.16 instead of 0.40. torch's default
-    threads (2 here) run at ~120 img/s against ~77 for one thread; channels-last is slower (~101). These are
-    single runs: at 90 s the seed alone moves AP50 by up to ~0.1, so smaller differences above are not resolved.
+    threads (2 here) run at ~120 img/s against ~77 for one thread. These are single runs: at 90 s the seed
+    alone moves AP50 by up to ~0.1, so smaller differences above are not resolved.
     lr 0.002 with 15 % warm-up was worse on all three seeds of yolor-csp-nano (AP50 0.33/0.39/0.22 vs 0.47 for
     seed 0 at the defaults). Per-step time is the model's (the loss is ~3 % and the cached loader ~1 %).
 
@@ -121,6 +121,12 @@ class TrainConfig:
     (``"auto"``: on CUDA) makes the host-to-GPU copy non-blocking; ``persistent_workers`` keeps workers, and
     their image caches, across epochs; ``prefetch_factor`` batches queued per worker (``None``: torch's 2).
     An explicit value always wins. The batches are the same for a seed whatever the worker count.
+
+    Speed (``gpnas.trainers.speedups`` has the measurements; each is on by default and ``false`` turns it off,
+    none changes what is trained): ``amp`` autocasts the model's forward — fp16 with gradient scaling on CUDA,
+    bf16 on a CPU with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs; ``channels_last`` runs the convs in
+    the channels-last memory format; ``fused_optimizer`` uses the optimiser's fused kernel and clips all
+    gradients in one call; ``cudnn_benchmark`` lets cuDNN pick its fastest algorithms (CUDA only).
 
     ``conf_thres``, ``iou_thres`` and ``max_det`` are read by ``gpnas.objectives.accuracy.val_evaluation``;
     ``ema`` makes :class:`ProxyTrainer` add the :class:`~gpnas.trainers.ema.EMA` callback.
@@ -140,6 +146,9 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     final_lr_fraction: float = 0.05
     amp: bool = True
+    channels_last: bool = True
+    fused_optimizer: bool = True
+    cudnn_benchmark: bool = True
     ema: bool = True
     ema_decay: float = 0.999
     ema_tau: float = 200.0
@@ -201,6 +210,8 @@ class TrainConfig:
         yield "pin_memory", self.pin_memory == "auto" or isinstance(self.pin_memory, bool), \
             "'auto' (on CUDA only), true or false"
         yield "persistent_workers", isinstance(self.persistent_workers, bool), "true or false"
+        for key in ("amp", "channels_last", "fused_optimizer", "cudnn_benchmark"):
+            yield key, isinstance(getattr(self, key), bool), "true or false"
         yield "prefetch_factor", self.prefetch_factor is None or whole(self.prefetch_factor, 1), \
             "an integer >= 1 (batches queued per worker), or null for torch's default (2)"
         yield "eval_every", whole(self.eval_every, 1), ">= 1 (epochs)"

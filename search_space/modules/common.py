@@ -15,8 +15,64 @@ BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
 
 
+class _ToMemoryFormat(torch.autograd.Function):
+    """``x.contiguous(memory_format=fmt)`` whose gradient goes back in ``x``'s own format, so the layers before
+    it see one memory format forward and backward (mixed formats send elementwise kernels down a slow path)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,  # type: ignore[override]
+                fmt: torch.memory_format) -> torch.Tensor:
+        ctx.back = _format_of(x)  # type: ignore[attr-defined]
+        return x.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.contiguous(memory_format=ctx.back), None  # type: ignore[attr-defined]
+
+
+class _GradInFormat(torch.autograd.Function):
+    """Identity forward; the gradient is made dense in ``fmt`` on its way back (a gradient assembled from
+    channel slices or a concat arrives strided, and BN's backward on strided input is several times slower)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, y: torch.Tensor,  # type: ignore[override]
+                fmt: torch.memory_format) -> torch.Tensor:
+        ctx.fmt = fmt  # type: ignore[attr-defined]
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.contiguous(memory_format=ctx.fmt), None  # type: ignore[attr-defined]
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+
+
+def to_memory_format(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """``x`` in memory format ``fmt`` (itself when it already is); its gradient returns in ``x``'s format."""
+    if x.is_contiguous(memory_format=fmt):
+        return x
+    return _ToMemoryFormat.apply(x, fmt) if x.requires_grad else x.contiguous(memory_format=fmt)
+
+
+#: ``ConvUnit.layout`` values: the whole unit in channels-last, or only its conv (BN and SiLU in NCHW).
+LAYOUTS = ("channels_last", "conv_channels_last")
+
+
 class ConvUnit(nn.Module):
-    """Conv -> BN -> SiLU.  x: Tensor[B, in_channels, H, W] -> Tensor[B, out_channels, H/stride, W/stride]."""
+    """Conv -> BN -> SiLU.  x: Tensor[B, in_channels, H, W] -> Tensor[B, out_channels, H/stride, W/stride].
+
+    ``layout`` (a training speed setting, see ``gpnas.trainers.speedups``; the math is the same): ``None`` runs
+    on whatever memory format arrives; ``"channels_last"`` converts the input to channels-last, so conv, BN and
+    SiLU run there; ``"conv_channels_last"`` runs only the conv in channels-last and hands BN and SiLU an NCHW
+    tensor (channels-last BatchNorm is slow on a handful of channels).
+    """
+
+    layout: str | None = None
 
     def __init__(
         self,
@@ -40,7 +96,11 @@ class ConvUnit(nn.Module):
         self.act: nn.Module = nn.SiLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        if self.layout is None:
+            return self.act(self.bn(self.conv(x)))
+        fmt = torch.contiguous_format if self.layout == "conv_channels_last" else torch.channels_last
+        y = self.act(self.bn(to_memory_format(self.conv(to_memory_format(x, torch.channels_last)), fmt)))
+        return _GradInFormat.apply(y, fmt) if y.requires_grad else y
 
     @torch.no_grad()
     def fuse(self) -> None:

@@ -1,0 +1,93 @@
+"""Training speed settings: what ``TrainConfig``'s ``amp``, ``channels_last``, ``fused_optimizer`` and
+``cudnn_benchmark`` switch on, resolved for a device. None of them changes what is trained (the loss, the data,
+the schedule); they change the kernels, and with them the last bits of the weights.
+
+Measured on yolor-elan-nano / yolor-csp-nano, batch 16 at 160 px, 2 EPYC cores with AVX512-BF16
+(benchmarks/training_throughput.py; figures in benchmarks/results/training_throughput_after.txt):
+
+* ``amp`` on CPU: the model's forward under bf16 autocast where the CPU has native bf16 (AVX512-BF16 or AMX);
+  elsewhere bf16 is emulated and slower, so fp32 stays. On CUDA: fp16 autocast with gradient scaling. The loss
+  is computed in fp32 either way.
+* ``channels_last``: convolutions in the channels-last memory format, whose oneDNN kernels ran the nano
+  models' thin convs 2–5× faster (forward + backward) than NCHW. On CPU, units with at most
+  :data:`THIN_CHANNELS` output channels keep BN and SiLU in NCHW (channels-last BatchNorm on 4 channels ran
+  10× slower than NCHW: 17 vs 1.7 ms at 160 px); on CUDA every unit runs channels-last.
+* ``fused_optimizer``: the optimiser's fused kernel (one call for all parameters instead of a loop), and
+  gradient clipping over all gradients at once (foreach).
+* ``cudnn_benchmark``: cuDNN times its algorithms once per input shape and keeps the fastest (CUDA only; the
+  choice can differ between runs, so CUDA runs are not bit-reproducible with it — they are not without it
+  either, because of atomic adds in the backward).
+
+Tried and not adopted (kept out because they did not pay here): ``torch.compile`` — its first step took 128 s
+against ~35 s for the whole default 300-step budget, and the compiled model then ran no faster than eager
+(135 vs ~140 images/s); oneDNN's implicit bf16 for fp32 convs (``torch.backends.mkldnn.conv.fp32_precision``)
+— no faster than autocast and not selectable per layer; a BN-folded copy and ``inference_mode`` for the val
+forward (0.73 s per 300 images either way; the rest of an evaluation is NMS and COCOeval).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gpnas.search_space.modules.common import ConvUnit
+from gpnas.trainers.train_config import TrainConfig
+
+__all__ = ["THIN_CHANNELS", "amp_dtype", "cpu_has_native_bf16", "release_layout", "set_layout"]
+
+#: On CPU, conv units with at most this many output channels run BN and SiLU in NCHW (see the module docstring).
+THIN_CHANNELS = 8
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in its flags). False where the flags
+    cannot be read (not Linux): bf16 is then left off rather than guessed."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(_BF16_FLAGS & set(line.split(":", 1)[-1].split()))
+    return False
+
+
+def amp_dtype(config: TrainConfig, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of the model's forward with ``config`` on ``device``, or None (fp32):
+    fp16 on CUDA, bf16 on a CPU with native bf16, when ``config.amp``."""
+    if not config.amp:
+        return None
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.float16
+    if kind == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def set_layout(model: nn.Module, config: TrainConfig, device: torch.device | str) -> nn.Module:
+    """Put ``model`` in the memory layout that ``config.channels_last`` asks for on ``device`` (in place):
+    4-D parameters channels-last and each :class:`ConvUnit`'s ``layout`` set. No-op when it is off."""
+    if not config.channels_last:
+        return model
+    cpu = torch.device(device).type == "cpu"
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    for unit in model.modules():
+        if isinstance(unit, ConvUnit):
+            thin = cpu and unit.out_channels <= THIN_CHANNELS
+            unit.layout = "conv_channels_last" if thin else "channels_last"
+    return model
+
+
+def release_layout(model: nn.Module) -> nn.Module:
+    """Undo :func:`set_layout` (in place): NCHW parameters and no unit layout, the model as built."""
+    for unit in model.modules():
+        if isinstance(unit, ConvUnit) and "layout" in vars(unit):
+            del unit.layout
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    return model
