@@ -4,7 +4,8 @@
 #   1. end-to-end latency CV of yolor-elan at 640, batch 1, fp16 (target <= 1 %)
 #   2. the latency predictor on 20 candidates of the demo space at 640, fp16 (targets: >= 95 % within ±10 %,
 #      Spearman >= 0.95)
-#   3. a 60-second AMP training of a nano candidate (images/s)
+#   3. training throughput (issue 18): the nano presets at batch 16/64/128 and yolor-elan at 640, speed settings
+#      off and on (AMP, channels-last, fused AdamW, cudnn.benchmark): images/s, GPU utilisation, memory
 #   4. a 4-trial GPU search (one trial per card at a time)
 #   5. the training loader's images/s at 640 with 0, 4 and 8 workers (target >= 150 per worker core)
 #   6. full training with AMP on CUDA: 2 epochs on digits (checkpoints, best.pt, report)
@@ -27,9 +28,9 @@ $GPNAS latency yolor-elan --device cuda --dtype fp16 --img 640 --warmup 50 --rep
   | $PY -c "import json,sys; r=json.load(sys.stdin)['measured']; print(f\"median {r['median_ms']:.3f} ms · IQR {r['iqr_ms']:.3f} · CV {r['cv']:.4f} (target <= 0.01)\")"
 echo "== 2. latency predictor, 20 candidates at 640, fp16"
 timeout 300 $PY benchmarks/latency_predictor.py --n 20 --device cuda --dtype fp16 --img 640
-echo "== 3. 60 s of AMP training"
-$GPNAS train yolor-elan-nano --device cuda --seconds 60 --json \
-  | $PY -c "import json,sys; r=json.load(sys.stdin); print(f\"{r['steps']} steps · {r['images_per_second']:.0f} images/s · AP {r['ap']:.4f}\")"
+echo "== 3. training throughput: settings off/on, batch 16/64/128, images/s and GPU utilisation"
+timeout 240 $PY benchmarks/gpu_training_throughput.py --device cuda --presets yolor-csp-nano yolor-elan-nano \
+  --batches 16 64 128 --steps 60 --paper
 echo "== 4. a 4-trial GPU search"
 rm -rf runs/gpu-smoke
 timeout 240 $GPNAS search --config demo name=gpu-smoke budget.num_trials=4 budget.max_concurrent=1 budget.gpu=1 \
