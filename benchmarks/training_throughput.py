@@ -5,11 +5,12 @@ gradient clipping), with the speed settings off (``amp``, ``channels_last``, ``f
 trainer before issue 18) and on (the defaults): images/s over ``--steps`` timed steps after ``--warmup``, the
 split of a step into forward / loss / backward / optimizer, the achieved GFLOP/s with the stated convention
 (training ≈ 3 × the forward's fvcore GFLOPs per image, fp32 count, fused model), and the images/s of
-``ProxyTrainer.fit`` itself. Off and on alternate ``--repeats`` times and the medians are printed, so a change in
-the machine's speed during the run hits both alike. The practical peak is timed in the same run: a large fp32
+``ProxyTrainer.fit`` itself. Off and on run as ``--repeats`` pairs in alternating order (off-on, on-off, ...);
+the medians and the per-pair ratios are printed, so a change in the machine's speed during the run (this VM's
+speed drifts by ±20 % over minutes) hits both alike. The practical peak is timed in the same run: a large fp32
 and a large bf16 matmul (2·n³ FLOPs each), with the same thread count.
 
-    .venv/bin/python benchmarks/training_throughput.py [--steps 30] [--warmup 5] [--repeats 3] [--threads N]
+    .venv/bin/python benchmarks/training_throughput.py [--steps 30] [--warmup 5] [--repeats 4] [--trainer-steps 100] [--threads N]
 
 Run it alone: another process on the same cores changes every figure.
 """
@@ -110,8 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating off/on measurements per preset")
-    parser.add_argument("--trainer-steps", type=int, default=60, help="the budget of each ProxyTrainer.fit timed")
+    parser.add_argument("--repeats", type=int, default=4, help="off/on pairs per preset, in alternating order")
+    parser.add_argument("--trainer-steps", type=int, default=100, help="the budget of each ProxyTrainer.fit timed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -126,8 +127,8 @@ def main() -> None:
     print(f"# batch {BATCH}, 160 px, AdamW; 'off' = amp, channels_last, fused_optimizer false (the trainer before "
           "issue 18), 'on' = the defaults")
     print(f"# step split: {args.steps} timed steps after {args.warmup}; trainer: ProxyTrainer.fit over "
-          f"{args.trainer_steps} steps (EMA, first steps included); each the median of {args.repeats} alternating "
-          "runs")
+          f"{args.trainer_steps} steps (EMA, first steps included); medians of {args.repeats} off/on pairs "
+          "run in alternating order; the ratios are per pair")
     print("# GFLOP/s = 3 × forward GFLOPs (fvcore, fused, fp32 count) × step images/s; % of the fp32 peak\n")
     data = ProxyData.digits(img_size=160)
     list(data.train_loader(batch_size=BATCH, seed=0))  # decode and cache the images before any timing
@@ -136,22 +137,25 @@ def main() -> None:
           f"{'loss':>6s} {'bwd':>6s} {'opt':>6s}   {'trainer img/s':>13s}")
     for name in FAMILIES:
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in settings}
-        for _ in range(args.repeats):
-            for key, config in settings.items():
-                r = measure(name, data, config, args.steps, args.warmup)
-                r["trainer"] = trainer_rate(name, data, config, args.trainer_steps)
+        for rep in range(args.repeats):
+            order = list(settings) if rep % 2 == 0 else list(settings)[::-1]  # off-on, on-off, ...: drift cancels
+            for key in order:
+                r = measure(name, data, settings[key], args.steps, args.warmup)
+                r["trainer"] = trainer_rate(name, data, settings[key], args.trainer_steps)
                 runs[key].append(r)
-        medians = {}
         for key in settings:
             ordered = sorted(runs[key], key=lambda r: r["ips"])
             r = ordered[len(ordered) // 2]
             trainer = statistics.median(x["trainer"] for x in runs[key])
-            medians[key] = (r["ips"], trainer)
             print(f"{name:16s} {key:5s} {r['ips']:7.1f} {r['achieved']:8.1f} {100 * r['achieved'] / fp32:6.1f}%   "
                   f"{'':9s}{r['forward']:6.1f} {r['loss']:6.1f} {r['backward']:6.1f} {r['optimizer']:6.1f}   "
                   f"{trainer:13.1f}")
-        (step_off, tr_off), (step_on, tr_on) = medians["off"], medians["on"]
-        print(f"{name:16s} on/off: step loop {step_on / step_off:.2f}×, trainer {tr_on / tr_off:.2f}×")
+        pairs = list(zip(runs["off"], runs["on"], strict=True))
+        step = sorted(on["ips"] / off["ips"] for off, on in pairs)
+        trainer = sorted(on["trainer"] / off["trainer"] for off, on in pairs)
+        print(f"{name:16s} on/off, median (range) of {len(pairs)} pairs: step loop {statistics.median(step):.2f}× "
+              f"({step[0]:.2f}–{step[-1]:.2f}), trainer {statistics.median(trainer):.2f}× "
+              f"({trainer[0]:.2f}–{trainer[-1]:.2f})", flush=True)
 
 
 if __name__ == "__main__":
