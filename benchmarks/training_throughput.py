@@ -10,7 +10,8 @@ the medians and the per-pair ratios are printed, so a change in the machine's sp
 speed drifts by ±20 % over minutes) hits both alike. The practical peak is timed in the same run: a large fp32
 and a large bf16 matmul (2·n³ FLOPs each), with the same thread count.
 
-    .venv/bin/python benchmarks/training_throughput.py [--steps 30] [--warmup 5] [--repeats 4] [--trainer-steps 100] [--threads N]
+    .venv/bin/python benchmarks/training_throughput.py [--steps 30] [--warmup 5] [--repeats 4]
+        [--trainer-steps 100] [--threads N]
 
 Run it alone: another process on the same cores changes every figure.
 """
