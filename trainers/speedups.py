@@ -2,27 +2,28 @@
 ``cudnn_benchmark`` switch on, resolved for a device. None of them changes what is trained (the loss, the data,
 the schedule); they change the kernels, and with them the last bits of the weights.
 
-Measured on yolor-elan-nano / yolor-csp-nano, batch 16 at 160 px, 2 EPYC cores with AVX512-BF16
-(benchmarks/training_throughput.py; figures in benchmarks/results/training_throughput_after.txt):
+Measured on 2 EPYC cores with AVX512-BF16 (benchmarks/speedup_probes.py for the single kernels,
+benchmarks/training_throughput.py for the training step; printed output under benchmarks/results/):
 
 * ``amp`` on CPU: the model's forward under bf16 autocast where the CPU has native bf16 (AVX512-BF16 or AMX);
   elsewhere bf16 is emulated and slower, so fp32 stays. On CUDA: fp16 autocast with gradient scaling. The loss
   is computed in fp32 either way.
 * ``channels_last``: convolutions in the channels-last memory format, whose oneDNN kernels ran the nano
-  models' thin convs 2–5× faster (forward + backward) than NCHW. On CPU, units with at most
-  :data:`THIN_CHANNELS` output channels keep BN and SiLU in NCHW (channels-last BatchNorm on 4 channels ran
-  10× slower than NCHW: 17 vs 1.7 ms at 160 px); on CUDA every unit runs channels-last.
+  models' thin convs 1.4–5× faster (forward + backward, bf16) than NCHW. On CPU, units with at most
+  :data:`THIN_CHANNELS` output channels keep BN and SiLU in NCHW: channels-last BatchNorm + SiLU on 4 channels
+  at 160² took 16.8 ms against 1.6 in NCHW (at 16 channels and more the two are close).
 * ``fused_optimizer``: the optimiser's fused kernel (one call for all parameters instead of a loop), and
   gradient clipping over all gradients at once (foreach).
 * ``cudnn_benchmark``: cuDNN times its algorithms once per input shape and keeps the fastest (CUDA only; the
   choice can differ between runs, so CUDA runs are not bit-reproducible with it — they are not without it
   either, because of atomic adds in the backward).
 
-Tried and not adopted (kept out because they did not pay here): ``torch.compile`` — its first step took 128 s
-against ~35 s for the whole default 300-step budget, and the compiled model then ran no faster than eager
-(135 vs ~140 images/s); oneDNN's implicit bf16 for fp32 convs (``torch.backends.mkldnn.conv.fp32_precision``)
-— no faster than autocast and not selectable per layer; a BN-folded copy and ``inference_mode`` for the val
-forward (0.73 s per 300 images either way; the rest of an evaluation is NMS and COCOeval).
+Not adopted: ``torch.compile``. Its compiled fp32 step ran 1.3–1.4× eager fp32, but compiling an architecture
+took 133 s with an empty inductor cache and 62 s for a second architecture (4 s for one compiled before: inductor's
+own on-disk cache is the per-architecture cache), against 30–40 s of training for the whole default 300-step
+budget; a search trains a new architecture per trial, so it is not repaid. A BN-folded copy and
+``inference_mode`` for the val forward saved ~0.1 s of a ~1.5 s evaluation (814 → 745 ms per 300 images; the
+rest is NMS and COCOeval), not worth a model copy per evaluation.
 """
 
 from __future__ import annotations

@@ -59,10 +59,6 @@ def to_memory_format(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return _ToMemoryFormat.apply(x, fmt) if x.requires_grad else x.contiguous(memory_format=fmt)
 
 
-#: ``ConvUnit.layout`` values: the whole unit in channels-last, or only its conv (BN and SiLU in NCHW).
-LAYOUTS = ("channels_last", "conv_channels_last")
-
-
 class ConvUnit(nn.Module):
     """Conv -> BN -> SiLU.  x: Tensor[B, in_channels, H, W] -> Tensor[B, out_channels, H/stride, W/stride].
 
