@@ -9,9 +9,9 @@ benchmarks/training_throughput.py for the training step; printed output under be
   elsewhere bf16 is emulated and slower, so fp32 stays. On CUDA: fp16 autocast with gradient scaling. The loss
   is computed in fp32 either way.
 * ``channels_last``: convolutions in the channels-last memory format, whose oneDNN kernels ran the nano
-  models' thin convs 1.4–5× faster (forward + backward, bf16) than NCHW. On CPU, units with at most
+  models' thin convs 1.6–5× faster (forward + backward, bf16) than NCHW. On CPU, units with at most
   :data:`THIN_CHANNELS` output channels keep BN and SiLU in NCHW: channels-last BatchNorm + SiLU on 4 channels
-  at 160² took 16.8 ms against 1.6 in NCHW (at 16 channels and more the two are close).
+  at 160² took 16.5 ms against 1.5 in NCHW (at 16 channels and more the two are close).
 * ``fused_optimizer``: the optimiser's fused kernel (one call for all parameters instead of a loop), and
   gradient clipping over all gradients at once (foreach).
 * ``cudnn_benchmark``: cuDNN times its algorithms once per input shape and keeps the fastest (CUDA only; the
@@ -21,9 +21,9 @@ benchmarks/training_throughput.py for the training step; printed output under be
 Not adopted: ``torch.compile``. Its compiled fp32 step ran 1.3–1.4× eager fp32, but compiling an architecture
 took 133 s with an empty inductor cache and 62 s for a second architecture (4 s for one compiled before: inductor's
 own on-disk cache is the per-architecture cache), against 30–40 s of training for the whole default 300-step
-budget; a search trains a new architecture per trial, so it is not repaid. A BN-folded copy and
-``inference_mode`` for the val forward saved ~0.1 s of a ~1.5 s evaluation (814 → 745 ms per 300 images; the
-rest is NMS and COCOeval), not worth a model copy per evaluation.
+budget; a search trains a new architecture per trial, so it is not repaid. For the val forward,
+``inference_mode`` did not pay (761 → 779 ms per 300 images) and a BN-folded copy saved 2 % (745 ms), ~0.02 s of
+a ~1.5 s evaluation whose rest is NMS and COCOeval: not worth a model copy per evaluation.
 """
 
 from __future__ import annotations
