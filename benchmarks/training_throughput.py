@@ -36,7 +36,7 @@ from gpnas.trainers.data import to_model_input
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.loss import YoloLoss
 from gpnas.trainers.proxy import ProxyTrainer, build_optimizer
-from gpnas.trainers.speedups import amp_dtype, cpu_has_native_bf16, set_layout
+from gpnas.trainers.speedups import amp_dtype, cpu_has_native_bf16, input_format, set_layout
 from gpnas.trainers.train_config import TrainConfig
 
 FAMILIES = ("yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-nano")
@@ -74,8 +74,7 @@ def measure(name: str, data: ProxyData, config: TrainConfig, steps: int, warmup:
         except StopIteration:
             loader = iter(data.train_loader(batch_size=BATCH, seed=i))
             batch, targets, _ = next(loader)
-        imgs = to_model_input(batch, "cpu", memory_format=torch.channels_last if config.channels_last
-                              else torch.contiguous_format)
+        imgs = to_model_input(batch, "cpu", memory_format=input_format(config))
         if i == warmup:
             split = dict.fromkeys(split, 0.0)
             images, start = 0, time.perf_counter()

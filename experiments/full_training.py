@@ -59,7 +59,7 @@ from gpnas.trainers.data import LoaderOptions, to_model_input
 from gpnas.trainers.ema import ModelEMA
 from gpnas.trainers.loss import YoloLoss
 from gpnas.trainers.proxy import build_optimizer, lr_factor, train_step
-from gpnas.trainers.speedups import set_layout
+from gpnas.trainers.speedups import input_format, set_layout
 
 if TYPE_CHECKING:
     from gpnas.experiments.config import DataConfig
@@ -318,8 +318,7 @@ class FullTraining:
             for group in self.opt.param_groups:
                 group["lr"] = lr
             inputs = to_model_input(imgs, self.device, non_blocking=self.options.pin_memory,
-                                    memory_format=torch.channels_last if self.config.channels_last else
-                                    torch.contiguous_format)
+                                    memory_format=input_format(self.config))
             parts = train_step(self.net, self.loss_fn, self.opt, self.scaler, inputs, targets.to(self.device),
                                config=self.config, where=f"step {self.step} (epoch {self.epoch})")
             self.step += 1

@@ -273,8 +273,8 @@ def to_model_input(images: torch.Tensor, device: torch.device | str, *, non_bloc
     moved, not rescaled."""
     images = images.to(device, non_blocking=non_blocking).contiguous(memory_format=memory_format)
     if images.dtype == torch.uint8:
-        images = images.float().div_(255.0)
-    return images.contiguous(memory_format=memory_format)
+        images = images.float().div_(255.0)  # float() keeps the layout
+    return images
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.device_slot import TrainingSlot
 from gpnas.trainers.ema import EMA
 from gpnas.trainers.loss import YoloLoss
-from gpnas.trainers.speedups import amp_dtype, release_layout, set_layout
+from gpnas.trainers.speedups import amp_dtype, input_format, release_layout, set_layout
 from gpnas.trainers.train_config import (  # the config lives beside: re-exported, the trainer's own vocabulary
     TrainBudget,
     TrainConfig,
@@ -225,7 +225,7 @@ class ProxyTrainer:
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
         planned = self._planned_steps(budget, len(loader))
         eval_at = frozenset(cfg.eval_steps)
-        layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        layout = input_format(cfg)
         self._start(model)
         images, timed_out, wall_start = 0, False, time.perf_counter()
         self._emit("on_fit_start")

@@ -22,8 +22,8 @@ Not adopted: ``torch.compile``. Its compiled fp32 step ran 1.3–1.4× eager fp3
 took 133 s with an empty inductor cache and 62 s for a second architecture (4 s for one compiled before: inductor's
 own on-disk cache is the per-architecture cache), against 30–40 s of training for the whole default 300-step
 budget; a search trains a new architecture per trial, so it is not repaid. For the val forward,
-``inference_mode`` did not pay (761 → 779 ms per 300 images) and a BN-folded copy saved 2 % (745 ms), ~0.02 s of
-a ~1.5 s evaluation whose rest is NMS and COCOeval: not worth a model copy per evaluation.
+``inference_mode`` did not pay (761 → 779 ms per 300 images) and a BN-folded copy saved 2 % (745 ms), ~0.02 s
+per evaluation: not worth a model copy per evaluation.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import nn
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.trainers.train_config import TrainConfig
 
-__all__ = ["THIN_CHANNELS", "amp_dtype", "cpu_has_native_bf16", "release_layout", "set_layout"]
+__all__ = ["THIN_CHANNELS", "amp_dtype", "cpu_has_native_bf16", "input_format", "release_layout", "set_layout"]
 
 #: On CPU, conv units with at most this many output channels run BN and SiLU in NCHW (see the module docstring).
 THIN_CHANNELS = 8
@@ -69,6 +69,11 @@ def amp_dtype(config: TrainConfig, device: torch.device | str) -> torch.dtype | 
     if kind == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def input_format(config: TrainConfig) -> torch.memory_format:
+    """The memory format of the training batches under ``config`` (channels-last with ``channels_last``)."""
+    return torch.channels_last if config.channels_last else torch.contiguous_format
 
 
 def set_layout(model: nn.Module, config: TrainConfig, device: torch.device | str) -> nn.Module:

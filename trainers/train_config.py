@@ -128,7 +128,7 @@ class TrainConfig:
     the channels-last memory format; ``fused_optimizer`` uses the optimiser's fused kernel and clips all
     gradients in one call; ``cudnn_benchmark`` lets cuDNN pick its fastest algorithms (CUDA only). Together, on
     2 EPYC cores with AVX512-BF16: 1.45–1.61× the images/s of the trainer without them (yolor-elan-nano),
-    1.51–1.52× (yolor-csp-nano); AP after 300 steps within the seed-to-seed spread.
+    1.51–1.53× (yolor-csp-nano); AP after 300 steps within the seed-to-seed spread.
 
     ``conf_thres``, ``iou_thres`` and ``max_det`` are read by ``gpnas.objectives.accuracy.val_evaluation``;
     ``ema`` makes :class:`ProxyTrainer` add the :class:`~gpnas.trainers.ema.EMA` callback.
