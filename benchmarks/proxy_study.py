@@ -1,0 +1,331 @@
+"""The proxy study: which cheap training setting ranks demo-space candidates like long training does?
+
+Three verbs (one JSONL file holds every finished run, so a stopped session or a new machine continues where the
+last one stopped; a run already in the file is never repeated):
+
+    .venv/bin/python benchmarks/proxy_study.py panel            # the panel: GFLOPs, params, the size-matched band
+    .venv/bin/python benchmarks/proxy_study.py run --settings ref-2400 --seeds 0 1 [--workers 2] [--device cpu]
+    .venv/bin/python benchmarks/proxy_study.py report [--reference ref-2400]   # tables from the file alone
+
+The panel (:data:`PANEL`) is fixed: candidates of the demo config's space, given by their demo-space genes;
+``SIZE_MATCHED`` are those within ±15 % of their median GFLOPs, spread over the block families, fusions, split and
+mask ratios and ELAN stack counts; the rest spread size. A setting (:data:`SETTINGS`) is a step budget plus
+overrides of the demo's ``train``/``data`` sections and the candidate's input size or width, so every factor
+EcoNAS studied (steps, input size, train-set fraction, width), the batch size and the recipe are settings. Each
+row records AP and AP50 at every evaluation point, the EMA model's val loss there, the training loss in windows
+of :data:`LOSS_WINDOW` steps (for the training-speed score of Ru et al., NeurIPS 2021), wall time, machine and
+commit.
+
+Work budgets make every AP independent of the machine's load (bit-identical on one CPU model and thread count);
+``train_seconds`` are informative only. Runs go one thread each; with ``--device cuda`` several share one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data" / "proxy_study.jsonl"
+PANEL_FILE = HERE / "data" / "proxy_study_panel.json"
+LOSS_WINDOW = 10
+
+#: name -> genes of the demo space (experiments/configs/demo.yaml). Widths: 0.125 unless the name says w/2.
+PANEL: dict[str, dict[str, Any]] = {
+    # width 0.125; SIZE_MATCHED below names the ones within ±15 % of their median GFLOPs (see `panel`)
+    "elan-2-1": {"block": "elan", "neck": "elan-pan", "backbone_stacks": 2, "neck_stacks": 1},
+    "elan-3-cspn": {"block": "elan", "neck": "csp-pan", "backbone_stacks": 3},
+    "elan-2-2": {"block": "elan", "neck": "elan-pan", "backbone_stacks": 2, "neck_stacks": 2},
+    "elan-3-2": {"block": "elan", "neck": "elan-pan", "backbone_stacks": 3, "neck_stacks": 2},
+    "csp-none-s.25-m.5-elann": {"block": "csp", "neck": "elan-pan", "fusion": "none", "mask_ratio": 0.5,
+                                "split_ratio": 0.25, "neck_stacks": 1},
+    "csp-last-s.25-m.5-elann": {"block": "csp", "neck": "elan-pan", "fusion": "last", "mask_ratio": 0.5,
+                                "split_ratio": 0.25, "neck_stacks": 1},
+    "csp-first-s.25-m1-elann": {"block": "csp", "neck": "elan-pan", "fusion": "first", "mask_ratio": 1.0,
+                                "split_ratio": 0.25, "neck_stacks": 1},
+    "csp-none-s.5-m0": {"block": "csp", "neck": "csp-pan", "fusion": "none", "mask_ratio": 0.0, "split_ratio": 0.5},
+    "csp-none-s.5-m.25-elann": {"block": "csp", "neck": "elan-pan", "fusion": "none", "mask_ratio": 0.25,
+                                "split_ratio": 0.5, "neck_stacks": 1},
+    "csp-both-s.5-m1": {"block": "csp", "neck": "csp-pan", "fusion": "both", "mask_ratio": 1.0, "split_ratio": 0.5},
+    "csp-none-s.5-m1-elann2": {"block": "csp", "neck": "elan-pan", "fusion": "none", "mask_ratio": 1.0,
+                               "split_ratio": 0.5, "neck_stacks": 2},
+    "prn-.5": {"block": "residual", "neck": "csp-pan", "mask_ratio": 0.5},
+    "res-1": {"block": "residual", "neck": "csp-pan", "mask_ratio": 1.0},
+    "prn-.25": {"block": "residual", "neck": "csp-pan", "mask_ratio": 0.25},
+    # size spread
+    "elan-1-w/2": {"block": "elan", "neck": "csp-pan", "backbone_stacks": 1, "width_multiple": 0.0625},
+    "csp-none-s.25-w/2": {"block": "csp", "neck": "csp-pan", "fusion": "none", "mask_ratio": 0.0,
+                          "split_ratio": 0.25, "width_multiple": 0.0625},
+    "res-1-w/2": {"block": "residual", "neck": "csp-pan", "mask_ratio": 1.0, "width_multiple": 0.0625},
+    "elan-1-cspn": {"block": "elan", "neck": "csp-pan", "backbone_stacks": 1},
+    "res-.5-elann2": {"block": "residual", "neck": "elan-pan", "mask_ratio": 0.5, "neck_stacks": 2},
+    "csp-both-s.75-m0-elann2": {"block": "csp", "neck": "elan-pan", "fusion": "both", "mask_ratio": 0.0,
+                                "split_ratio": 0.75, "neck_stacks": 2},
+}
+SIZE_MATCHED = ("elan-2-2", "elan-3-2", "csp-none-s.25-m.5-elann", "csp-last-s.25-m.5-elann",
+                "csp-first-s.25-m1-elann", "csp-none-s.5-m0", "csp-none-s.5-m.25-elann", "csp-both-s.5-m1",
+                "csp-none-s.5-m1-elann2", "prn-.5", "res-1", "prn-.25")
+
+#: name -> {steps, eval (extra evaluation steps), train: {...}, data: {...}, img, width}. ``img``/``width``
+#: scale the candidate's input size / width multiple. Today's default proxy is ``p300``.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": {"steps": 20, "eval": [10]},  # a check of the script, not a proxy
+    "ref-2400": {"steps": 2400, "eval": [300, 600, 1200, 1800]},
+    "ref-4800": {"steps": 4800, "eval": [600, 1200, 2400, 3600]},
+    "x2-ref-2400": {"steps": 2400, "eval": [300, 600, 1200, 1800], "img": 2.0, "width": 2.0},  # cross-scale
+    "p300": {"steps": 300},
+    "p150": {"steps": 150},
+    "p600": {"steps": 600, "eval": [300]},
+    "p300-img96": {"steps": 300, "img": 0.6},
+    "p300-img128": {"steps": 300, "img": 0.8},
+    "p600-img112": {"steps": 600, "img": 0.7, "eval": [300]},
+    "p300-b32-img112": {"steps": 300, "img": 0.7, "train": {"batch_size": 32}},
+    "p300-lr.008": {"steps": 300, "train": {"lr": 0.008}},
+    "p300-wu.15": {"steps": 300, "train": {"warmup_fraction": 0.15}},
+    "p300-noema": {"steps": 300, "train": {"ema": False}},
+    "p300-half-data": {"steps": 300, "data": {"n_train": 1000}},
+    "p300-w/2": {"steps": 300, "width": 0.5},
+}
+
+
+# ------------------------------------------------------------------------------------------------ the panel
+def panel_specs() -> dict[str, dict[str, Any]]:
+    """name -> spec dict. Built here from the demo space (needs the full install) and saved to
+    :data:`PANEL_FILE`; elsewhere (a GPU machine with torch alone) read from that committed file."""
+    if PANEL_FILE.is_file():
+        saved = json.loads(PANEL_FILE.read_text())
+        if list(saved) == list(PANEL):
+            return saved
+    from gpnas.experiments.config import load_config
+    from gpnas.experiments.runner import build_space
+
+    space = build_space(load_config("demo"))
+    specs = {}
+    for name, genes in PANEL.items():
+        params = {"width_multiple": 0.125, **genes}
+        specs[name] = space.from_params(params).to_dict()
+    PANEL_FILE.write_text(json.dumps(specs, indent=1) + "\n")
+    return specs
+
+
+def setting_spec(spec: dict[str, Any], setting: dict[str, Any]) -> Any:
+    """The candidate as trained under ``setting`` (input size and width scaled; anchors grow with the input)."""
+    from gpnas.search_space.spec import ArchSpec
+
+    s = ArchSpec.from_dict(spec, source="proxy study panel")
+    img, width = setting.get("img", 1.0), setting.get("width", 1.0)
+    if img != 1.0:
+        size = round(s.img_size * img / 32) * 32 or 32
+        grow = size / s.img_size
+        s = s.replace(img_size=size, anchors=[[(w * grow, h * grow) for w, h in lv] for lv in s.anchors])
+    if width != 1.0:
+        s = s.replace(width_multiple=s.width_multiple * width)
+    return s.replace(name=None)
+
+
+def size_of(spec: dict[str, Any]) -> dict[str, float]:
+    from gpnas.experiments import stages
+    from gpnas.search_space.spec import ArchSpec
+
+    s = ArchSpec.from_dict(spec, source="proxy study panel")
+    out = stages.measure_size(s)
+    return {"gflops": float(out["gflops"]), "params": float(out["params"])}
+
+
+def cmd_panel(_: argparse.Namespace) -> int:
+    import statistics
+
+    specs = panel_specs()
+    sizes = {n: size_of(s) for n, s in specs.items()}
+    med = statistics.median(sizes[n]["gflops"] for n in SIZE_MATCHED)
+    print(f"panel: {len(specs)} candidates; size-matched {len(SIZE_MATCHED)}, median {med:.4f} GFLOPs, "
+          f"band ±15 %: {0.85 * med:.4f}–{1.15 * med:.4f}")
+    for n in specs:
+        g = sizes[n]["gflops"]
+        tag = "matched" if n in SIZE_MATCHED else "spread"
+        ok = "" if tag == "spread" or 0.85 * med <= g <= 1.15 * med else "  OUTSIDE THE BAND"
+        print(f"  {n:26s} {tag:8s} {g:.4f} GFLOPs {sizes[n]['params'] / 1e6:.3f} M{ok}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def machine() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+                             cwd=HERE)
+        return out.stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def run_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
+    """Train panel candidate ``name`` under setting ``key`` with ``seed`` on ``device``; -> the row."""
+    import dataclasses
+
+    import torch
+
+    from gpnas.experiments import stages
+    from gpnas.experiments.config import load_config
+    from gpnas.trainers.callbacks import Callback
+
+    name, key, seed, device = job
+    torch.set_num_threads(1)
+    setting = SETTINGS[key]
+    spec = setting_spec(panel_specs()[name], setting)
+    cfg = load_config("demo")
+    data_cfg = cfg.data.model_copy(update=setting.get("data", {}))
+    train = dataclasses.replace(cfg.train, **setting.get("train", {}))
+    steps = int(setting["steps"])
+    train = dataclasses.replace(train, steps=steps, epochs=None, seconds=None, max_seconds=None, eval_every=10**6,
+                                threads=1, seed=seed, device=device, num_workers=0,
+                                eval_steps=tuple(s for s in setting.get("eval", []) if s < steps))
+    data = stages.load_data(data_cfg, spec.img_size)
+    model = stages.build(spec, seed=seed)
+    losses: list[float] = []
+    window: list[float] = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer: Any, parts: dict[str, float]) -> None:
+            window.append(float(parts["total"]))
+            if len(window) == LOSS_WINDOW:
+                losses.append(sum(window) / LOSS_WINDOW)
+                window.clear()
+
+        def on_evaluate(self, trainer: Any, model: Any, metrics: dict[str, float]) -> None:
+            metrics["val_loss"] = val_loss(model, data, trainer.device)
+
+    t0 = time.time()
+    fit = stages.train(model, data, train, [Record()])
+    return {"arch": name, "setting": key, "seed": seed, "steps": steps, "arch_id": spec.arch_id,
+            "img": spec.img_size, "ap": fit.ap, "ap50": fit.ap50, "val_loss": fit.metrics.get("val_loss"),
+            "curve": [{k: h.get(k) for k in ("step", "ap", "ap50", "val_loss")} for h in fit.history],
+            "train_loss": losses, "loss_window": LOSS_WINDOW, "train_seconds": fit.train_seconds,
+            "wall_seconds": time.time() - t0, "device": device, "machine": machine(), "threads": 1,
+            "commit": commit(), "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}
+
+
+def val_loss(model: Any, data: Any, device: Any) -> float:
+    """Mean per-image detection loss of ``model`` on the whole val split (eval mode: BN uses its running stats)."""
+    import torch
+
+    from gpnas.trainers.data import make_loader, to_model_input
+    from gpnas.trainers.loss import YoloLoss
+
+    loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,
+                       img_size=data.img_size)
+    was_training = model.training
+    model.eval()
+    total, images = 0.0, 0
+    with torch.no_grad():
+        for batch, targets, _ in make_loader(data.val, batch_size=64, shuffle=False, seed=0):
+            out = model(to_model_input(batch, device))
+            _, parts = loss_fn([p.float() for p in out[:3]], targets.to(device))
+            total += float(parts["total"]) * batch.shape[0]
+            images += batch.shape[0]
+    model.train(was_training)
+    return total / max(images, 1)
+
+
+# ------------------------------------------------------------------------------------------------ running
+def prepare_data(settings: list[str]) -> None:
+    from gpnas.experiments import stages
+    from gpnas.experiments.config import load_config
+
+    cfg = load_config("demo")
+    for key in settings:
+        spec = setting_spec(next(iter(panel_specs().values())), SETTINGS[key])
+        stages.load_data(cfg.data.model_copy(update=SETTINGS[key].get("data", {})), spec.img_size)
+
+
+def load_rows(path: Path = DATA) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _worker(job: tuple[str, str, int, str]) -> dict[str, Any]:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        return run_one(job)
+    except Exception as exc:  # a failed run is reported and left out of the file, so a rerun retries it
+        return {"error": f"{type(exc).__name__}: {exc}", "job": list(job)}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    unknown = [s for s in args.settings if s not in SETTINGS]
+    if unknown:
+        print(f"unknown setting(s) {unknown}; valid: {', '.join(SETTINGS)}", file=sys.stderr)
+        return 2
+    names = args.arch or list(PANEL)
+    panel_specs()  # built once here, before the workers read it
+    prepare_data(args.settings)  # the digits set is built once, not by every worker at the same time
+    done = {(r["arch"], r["setting"], r["seed"]) for r in load_rows(args.out)}
+    jobs = [(n, s, seed, args.device) for s in args.settings for seed in args.seeds for n in names
+            if (n, s, seed) not in done]
+    print(f"{len(done)} runs recorded in {args.out}; {len(jobs)} to run with {args.workers} workers", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=4) as pool:
+        for row in pool.imap_unordered(_worker, jobs):
+            if "error" in row:
+                failed += 1
+                print(f"FAILED {row['job']}: {row['error']}", flush=True)
+                continue
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{row['arch']:26s} {row['setting']:16s} seed {row['seed']} AP {row['ap']:.4f} AP50 "
+                  f"{row['ap50']:.4f} val_loss {row['val_loss']:.3f} ({row['wall_seconds']:.0f} s)", flush=True)
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from proxy_study_report import report  # beside this file
+
+    print(report(load_rows(args.out), reference=args.reference, sizes={n: size_of(s) for n, s in
+                                                                         panel_specs().items()}))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    sub.add_parser("panel", help="the panel's sizes and the size-matched band")
+    run = sub.add_parser("run", help="train the runs not yet in the file")
+    run.add_argument("--settings", nargs="+", required=True, help=f"of: {', '.join(SETTINGS)}")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    run.add_argument("--arch", nargs="*", help="panel names (default: the whole panel)")
+    run.add_argument("--workers", type=int, default=2)
+    run.add_argument("--device", default="cpu")
+    rep = sub.add_parser("report", help="print the tables from the file alone")
+    rep.add_argument("--reference", default="ref-2400")
+    for p in (run, rep):
+        p.add_argument("--out", type=Path, default=DATA)
+    args = parser.parse_args()
+    return {"panel": cmd_panel, "run": cmd_run, "report": cmd_report}[args.verb](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

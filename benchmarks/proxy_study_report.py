@@ -1,0 +1,196 @@
+"""The tables of the proxy study (benchmarks/proxy_study.py), computed from its JSONL rows alone.
+
+1. The reference's own reliability: seed-to-seed ρ (whole panel, size-matched subset), split-half ρ for every
+   evaluation point of the reference runs (the reference's cost curve), the spread of AP between candidates
+   against the seed standard deviation.
+2. Every proxy setting × score (final AP, AP50, final val loss, the training-speed estimate of Ru et al.: the
+   mean training loss over the last quarter of the run): Spearman ρ and Kendall τ against the reference's seed
+   mean (whole panel, size-matched), the proxy's seed-to-seed ρ, partial ρ controlling GFLOPs and params, top-3
+   overlap, relative cost; GFLOPs and params as baselines; the issue's targets, pass or fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from proxy_study import SETTINGS, SIZE_MATCHED
+from scipy import stats
+
+TARGETS = {"rho_all": 0.8, "rho_matched": 0.6, "seed_rho": 0.8, "margin": 0.1, "split_half": 0.7}
+SCORES = ("ap", "ap50", "val_loss", "tse")  # losses enter negated: higher is better for every score
+
+
+def score(row: dict[str, Any], name: str) -> float | None:
+    if name == "tse":
+        losses = row.get("train_loss") or []
+        tail = losses[-max(1, len(losses) // 4):]
+        return -float(np.mean(tail)) if tail else None
+    value = row.get(name)
+    if value is None:
+        return None
+    return -float(value) if name == "val_loss" else float(value)
+
+
+def by_arch(rows: list[dict[str, Any]], setting: str, name: str = "ap") -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r["setting"] == setting:
+            v = score(r, name)
+            if v is not None:
+                out[r["arch"]][r["seed"]] = v
+    return out
+
+
+def at_step(rows: list[dict[str, Any]], setting: str, step: int) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r["setting"] == setting:
+            for point in r["curve"]:
+                if int(point["step"]) == step:
+                    out[r["arch"]][r["seed"]] = float(point["ap"])
+    return out
+
+
+def rho(a: dict[str, float], b: dict[str, float], names: tuple[str, ...] | None = None) -> tuple[float, int]:
+    keys = [k for k in a if k in b and (names is None or k in names)]
+    if len(keys) < 4:
+        return float("nan"), len(keys)
+    return float(stats.spearmanr([a[k] for k in keys], [b[k] for k in keys])[0]), len(keys)
+
+
+def tau(a: dict[str, float], b: dict[str, float], names: tuple[str, ...] | None = None) -> float:
+    keys = [k for k in a if k in b and (names is None or k in names)]
+    return float(stats.kendalltau([a[k] for k in keys], [b[k] for k in keys])[0]) if len(keys) >= 4 else float("nan")
+
+
+def partial_rho(a: dict[str, float], b: dict[str, float], covs: list[dict[str, float]]) -> float:
+    """Spearman ρ of a and b with the (ranked) covariates regressed out of both."""
+    keys = [k for k in a if k in b and all(k in c for c in covs)]
+    if len(keys) < len(covs) + 4:
+        return float("nan")
+    x = stats.rankdata([a[k] for k in keys])
+    y = stats.rankdata([b[k] for k in keys])
+    design = np.column_stack([np.ones(len(keys))] + [stats.rankdata([c[k] for k in keys]) for c in covs])
+
+    def resid(v: np.ndarray) -> np.ndarray:
+        return v - design @ np.linalg.lstsq(design, v, rcond=None)[0]
+
+    return float(stats.pearsonr(resid(x), resid(y))[0])
+
+
+def mean_over(per_seed: dict[str, dict[int, float]], seeds: tuple[int, ...] | None = None) -> dict[str, float]:
+    out = {}
+    for arch, values in per_seed.items():
+        chosen = [v for s, v in values.items() if seeds is None or s in seeds]
+        if chosen and (seeds is None or len(chosen) == len(seeds)):
+            out[arch] = statistics.fmean(chosen)
+    return out
+
+
+def split_half(per_seed: dict[str, dict[int, float]], names: tuple[str, ...] | None = None) -> tuple[float, int]:
+    """Mean ρ between the seed means of the two halves, over every split of the seeds all candidates share."""
+    seeds = sorted(set.intersection(*(set(v) for v in per_seed.values()))) if per_seed else []
+    if len(seeds) < 2:
+        return float("nan"), len(seeds)
+    half = len(seeds) // 2
+    values = []
+    for first in itertools.combinations(seeds, half):
+        second = tuple(s for s in seeds if s not in first)[:half]
+        if first < second:
+            values.append(rho(mean_over(per_seed, first), mean_over(per_seed, second), names)[0])
+    return float(np.nanmean(values)), len(seeds)
+
+
+def top_overlap(a: dict[str, float], b: dict[str, float], k: int = 3) -> int:
+    keys = [x for x in a if x in b]
+    top = set(sorted(keys, key=lambda x: -a[x])[:k])
+    return len(top & set(sorted(keys, key=lambda x: -b[x])[:k]))
+
+
+def relative_cost(setting: str) -> float:
+    s = SETTINGS[setting]
+    batch = s.get("train", {}).get("batch_size", 16)
+    return s["steps"] * batch / (300 * 16) * s.get("img", 1.0) ** 2 * s.get("width", 1.0) ** 2
+
+
+def fmt(x: float) -> str:
+    return "  n/a" if x != x else f"{x:+.2f}"
+
+
+def reference_table(rows: list[dict[str, Any]], reference: str) -> list[str]:
+    per_seed = by_arch(rows, reference)
+    lines = [f"## 1. The reference ({reference}): its own reliability", ""]
+    if not per_seed:
+        return [*lines, f"no {reference} runs yet", ""]
+    seeds = sorted({s for v in per_seed.values() for s in v})
+    counts = {s: sum(s in v for v in per_seed.values()) for s in seeds}
+    lines.append("runs per seed: " + ", ".join(f"seed {s}: {n}" for s, n in counts.items()))
+    matched = tuple(SIZE_MATCHED)
+    if len(seeds) >= 2:
+        a, b = mean_over(per_seed, (seeds[0],)), mean_over(per_seed, (seeds[1],))
+        r_all, n_all = rho(a, b)
+        r_m, n_m = rho(a, b, matched)
+        lines.append(f"seed {seeds[0]} vs seed {seeds[1]}: rho {fmt(r_all)} (n={n_all}), size-matched {fmt(r_m)} "
+                     f"(n={n_m})")
+    sds = [statistics.stdev(v.values()) for k, v in per_seed.items() if len(v) >= 2 and k in matched]
+    means = [statistics.fmean(v.values()) for k, v in per_seed.items() if k in matched]
+    if sds and len(means) >= 2:
+        lines.append(f"size-matched: AP spread (sd of candidate means) {statistics.stdev(means):.4f}, range "
+                     f"{min(means):.4f}-{max(means):.4f}; mean seed sd {statistics.fmean(sds):.4f}")
+    steps = sorted({int(p["step"]) for r in rows if r["setting"] == reference for p in r["curve"]})
+    lines += ["", "cost curve of the reference: split-half rho (seed-mean of one half vs the other) per evaluation",
+              "| step | split-half rho, all | size-matched | seeds | mean AP |", "|---|---|---|---|---|"]
+    for step in steps:
+        ps = at_step(rows, reference, step)
+        sh_all, k = split_half(ps)
+        sh_m, _ = split_half(ps, matched)
+        mean_ap = statistics.fmean(v for d in ps.values() for v in d.values())
+        lines.append(f"| {step} | {fmt(sh_all)} | {fmt(sh_m)} | {k} | {mean_ap:.4f} |")
+    lines += ["", f"target: split-half rho >= {TARGETS['split_half']} on the size-matched subset", ""]
+    return lines
+
+
+def proxy_table(rows: list[dict[str, Any]], reference: str, sizes: dict[str, dict[str, float]]) -> list[str]:
+    ref = mean_over(by_arch(rows, reference))
+    matched = tuple(SIZE_MATCHED)
+    gflops = {k: v["gflops"] for k, v in sizes.items()}
+    params = {k: v["params"] for k, v in sizes.items()}
+    lines = ["## 2. Proxies against the reference's seed mean", ""]
+    if len(ref) < 4:
+        return [*lines, "too few reference candidates yet", ""]
+    base = max(rho(gflops, ref)[0], rho(params, ref)[0])
+    lines.append(f"baselines: GFLOPs rho {fmt(rho(gflops, ref)[0])} (size-matched {fmt(rho(gflops, ref, matched)[0])}),"
+                 f" params rho {fmt(rho(params, ref)[0])} (size-matched {fmt(rho(params, ref, matched)[0])})")
+    lines += ["", "| setting | cost x | score | seeds | rho all | tau all | rho matched | seed-to-seed rho | "
+              "partial rho | top-3 | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in [s for s in SETTINGS if s != reference and not s.startswith(("ref", "x2", "smoke"))]:
+        for name in SCORES:
+            per_seed = by_arch(rows, setting, name)
+            if len(per_seed) < 4:
+                continue
+            proxy = mean_over(per_seed)
+            r_all, n = rho(proxy, ref)
+            r_m, _ = rho(proxy, ref, matched)
+            seeds = sorted({s for v in per_seed.values() for s in v})
+            seed_r = rho(mean_over(per_seed, (seeds[0],)), mean_over(per_seed, (seeds[1],)))[0] \
+                if len(seeds) >= 2 else float("nan")
+            ok = (r_all >= TARGETS["rho_all"] and r_m >= TARGETS["rho_matched"] and seed_r >= TARGETS["seed_rho"]
+                  and r_all >= base + TARGETS["margin"])
+            lines.append(f"| {setting} | {relative_cost(setting):.2f} | {name} | {len(seeds)} (n={n}) | {fmt(r_all)} | "
+                         f"{fmt(tau(proxy, ref))} | {fmt(r_m)} | {fmt(seed_r)} | "
+                         f"{fmt(partial_rho(proxy, ref, [gflops, params]))} | {top_overlap(proxy, ref)}/3 | "
+                         f"{'PASS' if ok else 'fail'} |")
+    lines += ["", f"targets: rho >= {TARGETS['rho_all']} (all), >= {TARGETS['rho_matched']} (size-matched), "
+              f"seed-to-seed >= {TARGETS['seed_rho']}, rho >= {base + TARGETS['margin']:.2f} (best of GFLOPs/params "
+              f"+ {TARGETS['margin']})", ""]
+    return lines
+
+
+def report(rows: list[dict[str, Any]], *, reference: str, sizes: dict[str, dict[str, float]]) -> str:
+    machines = sorted({f"{r['machine']} ({r['device']})" for r in rows})
+    head = [f"# Proxy study: {len(rows)} runs", "machines: " + "; ".join(machines), ""]
+    return "\n".join(head + reference_table(rows, reference) + proxy_table(rows, reference, sizes))
