@@ -32,6 +32,6 @@ if [ "${LATENCY:-1}" = 1 ]; then
       && "${PY:-python3}" -c "import json,sys; r=json.load(open(sys.argv[1]))['measured']; print(f'$a: median {r[\"median_ms\"]:.3f} ms, IQR {r[\"iqr_ms\"]:.3f}, CV {r[\"cv\"]:.4f}')" "$OUT/latency_$a.json"
   done
 fi
-timeout "$LIMIT" "${PY:-python3}" benchmarks/proxy_study.py run --settings $SETTINGS --seeds $SEEDS --workers "$WORKERS" \
+timeout "$LIMIT" "${PY:-python3}" benchmarks/proxy_study.py run --settings $SETTINGS --seeds $SEEDS ${ARCH:+--arch $ARCH} --workers "$WORKERS" \
   --device "${DEVICE:-cuda}" --out "$OUT/proxy_study_gpu.jsonl" 2>&1 | tee "$OUT/reference.log"
 echo "rows: $(wc -l < "$OUT/proxy_study_gpu.jsonl" 2>/dev/null || echo 0)"

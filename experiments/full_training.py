@@ -318,7 +318,7 @@ class FullTraining:
             for group in self.opt.param_groups:
                 group["lr"] = lr
             inputs = to_model_input(imgs, self.device, non_blocking=self.options.pin_memory,
-                                    memory_format=input_format(self.config))
+                                    memory_format=input_format(self.config, self.device))
             parts = train_step(self.net, self.loss_fn, self.opt, self.scaler, inputs, targets.to(self.device),
                                config=self.config, where=f"step {self.step} (epoch {self.epoch})")
             self.step += 1

@@ -225,7 +225,7 @@ class ProxyTrainer:
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
         planned = self._planned_steps(budget, len(loader))
         eval_at = frozenset(cfg.eval_steps)
-        layout = input_format(cfg)
+        layout = input_format(cfg, device)
         self._start(model)
         images, timed_out, wall_start = 0, False, time.perf_counter()
         self._emit("on_fit_start")

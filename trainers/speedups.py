@@ -11,7 +11,10 @@ benchmarks/training_throughput.py for the training step; printed output under be
 * ``channels_last``: convolutions in the channels-last memory format, whose oneDNN kernels ran the nano
   models' thin convs 1.6–5× faster (forward + backward, bf16) than NCHW. On CPU, units with at most
   :data:`THIN_CHANNELS` output channels keep BN and SiLU in NCHW: channels-last BatchNorm + SiLU on 4 channels
-  at 160² took 16.5 ms against 1.5 in NCHW (at 16 channels and more the two are close).
+  at 160² took 16.5 ms against 1.5 in NCHW (at 16 channels and more the two are close). On CUDA the layout is
+  not applied: on an H200 (benchmarks/results/gpu_probe.txt) yolor-elan-nano trained at 97 images/s with every
+  setting on against 230 with every setting off (batch 16; 696 against 1,487 at batch 128), and the same
+  settings without channels-last ran at 249.
 * ``fused_optimizer``: the optimiser's fused kernel (one call for all parameters instead of a loop), and
   gradient clipping over all gradients at once (foreach).
 * ``cudnn_benchmark``: cuDNN times its algorithms once per input shape and keeps the fastest (CUDA only; the
@@ -37,7 +40,8 @@ from torch import nn
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.trainers.train_config import TrainConfig
 
-__all__ = ["THIN_CHANNELS", "amp_dtype", "cpu_has_native_bf16", "input_format", "release_layout", "set_layout"]
+__all__ = ["THIN_CHANNELS", "amp_dtype", "cpu_has_native_bf16", "input_format", "release_layout", "set_layout",
+           "uses_channels_last"]
 
 #: On CPU, conv units with at most this many output channels run BN and SiLU in NCHW (see the module docstring).
 THIN_CHANNELS = 8
@@ -71,21 +75,27 @@ def amp_dtype(config: TrainConfig, device: torch.device | str) -> torch.dtype | 
     return None
 
 
-def input_format(config: TrainConfig) -> torch.memory_format:
-    """The memory format of the training batches under ``config`` (channels-last with ``channels_last``)."""
-    return torch.channels_last if config.channels_last else torch.contiguous_format
+def uses_channels_last(config: TrainConfig, device: torch.device | str) -> bool:
+    """Whether ``config.channels_last`` applies on ``device``: on CPUs only (see the module docstring)."""
+    return config.channels_last and torch.device(device).type == "cpu"
+
+
+def input_format(config: TrainConfig, device: torch.device | str = "cpu") -> torch.memory_format:
+    """The memory format of the training batches under ``config`` on ``device`` (channels-last where
+    :func:`uses_channels_last`)."""
+    return torch.channels_last if uses_channels_last(config, device) else torch.contiguous_format
 
 
 def set_layout(model: nn.Module, config: TrainConfig, device: torch.device | str) -> nn.Module:
     """Put ``model`` in the memory layout that ``config.channels_last`` asks for on ``device`` (in place):
-    4-D parameters channels-last and each :class:`ConvUnit`'s ``layout`` set. No-op when it is off."""
-    if not config.channels_last:
+    4-D parameters channels-last and each :class:`ConvUnit`'s ``layout`` set. No-op when it is off or does not
+    apply on ``device`` (:func:`uses_channels_last`)."""
+    if not uses_channels_last(config, device):
         return model
-    cpu = torch.device(device).type == "cpu"
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for unit in model.modules():
         if isinstance(unit, ConvUnit):
-            thin = cpu and unit.out_channels <= THIN_CHANNELS
+            thin = unit.out_channels <= THIN_CHANNELS
             unit.layout = "conv_channels_last" if thin else "channels_last"
     return model
 

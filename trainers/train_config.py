@@ -125,7 +125,8 @@ class TrainConfig:
     Speed (``gpnas.trainers.speedups`` has the measurements; each is on by default and ``false`` turns it off,
     none changes what is trained): ``amp`` autocasts the model's forward — fp16 with gradient scaling on CUDA,
     bf16 on a CPU with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs; ``channels_last`` runs the convs in
-    the channels-last memory format; ``fused_optimizer`` uses the optimiser's fused kernel and clips all
+    the channels-last memory format (on CPUs; on CUDA it is not applied, since there it halved the images/s of the
+    nano models); ``fused_optimizer`` uses the optimiser's fused kernel and clips all
     gradients in one call; ``cudnn_benchmark`` lets cuDNN pick its fastest algorithms (CUDA only). Together, on
     2 EPYC cores with AVX512-BF16: 1.45–1.61× the images/s of the trainer without them (yolor-elan-nano),
     1.51–1.53× (yolor-csp-nano); AP after 300 steps within the seed-to-seed spread.
