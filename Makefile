@@ -4,17 +4,37 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The exact versions setup installs (pyproject.toml holds the ranges); `make constraints` regenerates it.
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup test test-fast demo bench lint ui clean
+.PHONY: setup constraints test test-fast demo bench lint ui clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# torch first, from TORCH_SPEC (a CPU build lies on local disk; an open range would pull a CUDA build), then the
+# project with every other package at its constraints.txt version.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,dev,deploy]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test,dev,deploy]"
 	touch $(STAMP)
+
+# A fresh resolve of pyproject.toml's ranges in a throw-away venv (torch from TORCH_SPEC first, as setup does; no
+# -c), frozen into constraints.txt: the project itself left out, torch's build tag (+cpu) dropped. Then `make test`.
+constraints:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip; \
+	"$$tmp/venv/bin/python" -m pip install -q "$(TORCH_SPEC)"; \
+	"$$tmp/venv/bin/python" -m pip install -q -e ".[test,dev,deploy]"; \
+	{ printf '%s\n' \
+	    "# Exact versions \`make setup\` installs (pip install -c constraints.txt): the set the code was last checked" \
+	    "# against. pyproject.toml holds the ranges; regenerate this file with \`make constraints\` (README: Dependencies" \
+	    "# and upgrading). torch is pinned without its local build tag (+cpu, +cu128), so any build of the version fits."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; \
+	} > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" $(CONSTRAINTS)
 
 test: setup
 	$(PY) -m ruff check .

@@ -146,6 +146,62 @@ def _cli_cases() -> list[Case]:
     return [Case("cli", what, args, needle) for what, args, needle in rows]
 
 
+def _option_cases() -> list[Case]:
+    """Options are checked as the command line is read: ranges, exclusive options, a single value given twice.
+    The search named here does not exist: the option is refused before the search is read."""
+    train = ["train", "yolor-csp-nano"]
+    rows: list[tuple[str, str, list[str], str]] = [
+        ("ranges", "port out of range", ["ui", "s", "--port", "99999"], "--port 99999"),
+        ("ranges", "port 0", ["ui", "s", "--port", "0"], "--port 0"),
+        ("ranges", "ONNX opset below the exporter's", ["export", "s", "--opset", "3"], "--opset 3"),
+        ("ranges", "ONNX opset above the exporter's", ["export", "s", "--opset", "99"], "--opset 99"),
+        ("ranges", "export batch 0", ["export", "s", "--batch", "0"], "--batch 0"),
+        ("ranges", "negative seconds budget", [*train, "--seconds", "-1"], "--seconds -1"),
+        ("ranges", "batch size 0", [*train, "--batch-size", "0"], "--batch-size 0"),
+        ("ranges", "learning rate 0", [*train, "--lr", "0"], "--lr 0"),
+        ("ranges", "negative seed", [*train, "--seed", "-1"], "--seed -1"),
+        ("ranges", "latency threads 0", ["latency", "yolor-csp-nano", "--threads", "0"], "--threads 0"),
+        ("ranges", "latency repeats 0", ["latency", "yolor-csp-nano", "--repeats", "0"], "--repeats 0"),
+        ("ranges", "refine workers 0", ["refine", "s", "--workers", "0"], "--workers 0"),
+        ("ranges", "fidelity factor below 1", ["fidelity", "--panel", "nano", "--factor", "0.5"], "--factor 0.5"),
+        ("ranges", "unknown analyze target", ["analyze", "s", "--target", "best"], "--target best"),
+        ("conflicts", "two training budgets", [*train, "--steps", "2", "--epochs", "1"], "--steps and --epochs"),
+        ("conflicts", "three training budgets", [*train, "--steps", "2", "--epochs", "1", "--seconds", "9"],
+         "--steps, --epochs and --seconds"),
+        ("conflicts", "proxy budget with full training", [*train, "--out", "x", "--steps", "3"], "--steps"),
+        ("conflicts", "--resume without --out", [*train, "--resume"], "--resume"),
+        ("conflicts", "opset 13 with --dynamic-size", ["export", "s", "--dynamic-size", "--opset", "13"],
+         "--opset 13 with --dynamic-size"),
+        ("repeats", "--opset given twice", ["export", "s", "--opset", "13", "--opset", "18"], "--opset is given 2"),
+        ("repeats", "--port given twice", ["ui", "s", "--port", "5000", "--port", "5001"], "--port is given 2"),
+        ("repeats", "--config given twice", ["search", "-c", "a.yaml", "--config", "b.yaml"], "--config is given 2"),
+        ("repeats", "--steps given twice", [*train, "--steps", "1", "--steps", "2"], "--steps is given 2"),
+        ("repeats", "repeated --format, one unknown", ["export", "s", "--format", "onnx", "--format", "banana"],
+         "--format banana"),
+    ]
+    return [Case(area, what, args, needle) for area, what, args, needle in rows]
+
+
+def _duplicate_key_cases() -> list[Case]:
+    def saved(tmp: Path) -> None:
+        (tmp / "runs" / "bad").mkdir(parents=True)
+        (tmp / "runs" / "bad" / "config.yaml").write_text(DEMO + "budget: {num_trials: 2}\n")
+
+    twice = DEMO + "budget: {num_trials: 2}\n"
+    nested = DEMO.replace("train: {steps: 1, batch_size: 8}", "train:\n  steps: 1\n  batch_size: 8\n  steps: 2")
+    return [
+        Case("yaml", "search config with two budget sections", _search(body=twice)["args"], "'budget' is given twice",
+             {"c.yaml": twice}),
+        Case("yaml", "search config with a key twice in a section", _search(body=nested)["args"],
+             "'steps' is given twice", {"c.yaml": nested}),
+        Case("yaml", "override with a key twice", _search("space.genes.block={choices: [csp], choices: [elan]}")
+             ["args"], "'choices' is given twice", {"c.yaml": DEMO}),
+        Case("yaml", "spec YAML with a key twice", ["describe", "s.yaml"], "'block' is given twice",
+             {"s.yaml": "name: mine\nblock: csp\nblock: elan\n"}),
+        Case("yaml", "saved search config with a key twice", ["status", "runs/bad"], "config.yaml", setup=saved),
+    ]
+
+
 def _spec_cases() -> list[Case]:
     base = "name: mine\nblock: csp\n"
     rows = [
@@ -223,7 +279,8 @@ def _operation_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return _config_cases() + _cli_cases() + _spec_cases() + _data_cases() + _operation_cases()
+    return (_config_cases() + _cli_cases() + _option_cases() + _duplicate_key_cases() + _spec_cases() + _data_cases()
+            + _operation_cases())
 
 
 def run_case(case: Case) -> tuple[Case, bool, str, float]:

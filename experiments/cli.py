@@ -8,11 +8,13 @@ from typing import Annotated
 
 import typer
 
+from gpnas.experiments import cli_options as opt
 from gpnas.experiments.cli_output import add_row, console, print_describe, print_error, print_fidelity, say, table
 from gpnas.experiments.cli_output import print_json as _print_json
 from gpnas.search_space.errors import GpnasError, SearchAborted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-path NAS for real-time detectors.")
+# Every command is a StrictCommand: options are checked as they are parsed (cli_options), before the command runs.
+app = opt.StrictTyper(add_completion=False, no_args_is_help=True, help="Gradient-path NAS for real-time detectors.")
 
 
 @app.command()
@@ -33,8 +35,10 @@ def presets(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON l
 @app.command()
 def describe(
     arch: Annotated[str, typer.Argument(help="Preset name or spec YAML file.")],
-    img: Annotated[int | None, typer.Option(help="Input size for GFLOPs (default: the spec's).")] = None,
-    head: Annotated[str | None, typer.Option(help="detect or seg (seg adds the paper's Segment head).")] = None,
+    img: Annotated[int | None, typer.Option(help="Input size for GFLOPs (default: the spec's).",
+                                            callback=opt.img_size)] = None,
+    head: Annotated[str | None, typer.Option(help="detect or seg (seg adds the paper's Segment head).",
+                                             callback=opt.one_of("detect", "seg"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     export_spec: Annotated[Path | None, typer.Option(help="Write the YAML that rebuilds this model.")] = None,
     gradient_path: Annotated[bool, typer.Option("--gradient-path", help="Add gradient-path metrics.")] = False,
@@ -44,8 +48,6 @@ def describe(
     from gpnas.experiments.inspect import describe as describe_arch
     from gpnas.experiments.inspect import resolve_arch
 
-    if head is not None and head not in ("detect", "seg"):
-        raise GpnasError(f"--head {head!r}: choose 'detect' or 'seg'")
     spec = resolve_arch(arch)
     info = describe_arch(spec, img=img, head=head, gradient_path=gradient_path or layers, layers=layers)
     if export_spec is not None:
@@ -61,26 +63,31 @@ def describe(
     print_describe(info)
 
 
-@app.command()
+@app.command(cls=opt.strict_command(opt.BUDGETS))
 def train(
     arch: Annotated[str, typer.Argument(help="Preset name or spec YAML file.")],
     data: Annotated[str, typer.Option(help="'digits' (bundled) or a COCO annotation JSON.")] = "digits",
     images: Annotated[str | None, typer.Option(help="Images folder for a COCO --data file.")] = None,
     val_data: Annotated[str | None, typer.Option(help="Val annotation JSON (default: --data).")] = None,
     val_images: Annotated[str | None, typer.Option(help="Val images folder (default: --images).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epoch budget (with --out: the run's length).")] = None,
-    seconds: Annotated[float | None, typer.Option(help="Time budget: AP at equal compute (machine-dependent).")]
+    epochs: Annotated[int | None, typer.Option(help="Epoch budget (with --out: the run's length).",
+                                               callback=opt.at_least(1, "epochs"))] = None,
+    seconds: Annotated[float | None, typer.Option(help="Time budget: AP at equal compute (machine-dependent).",
+                                                  callback=opt.greater_than(0, "seconds of training"))] = None,
+    steps: Annotated[int | None, typer.Option(help="Step budget (default: the search's, if no budget is given; "
+                                                   "one of --steps, --epochs, --seconds).",
+                                              callback=opt.at_least(1, "optimiser steps"))] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Wall-clock cap; past it the run stops, partial.",
+                                                      callback=opt.greater_than(0, "seconds of wall time"))] = None,
+    img: Annotated[int | None, typer.Option(help="Training size (default: the spec's).", callback=opt.img_size)]
     = None,
-    steps: Annotated[int | None, typer.Option(help="Step budget (default: the search's, if no budget is given).")]
-    = None,
-    max_seconds: Annotated[float | None, typer.Option(help="Wall-clock cap; past it the run stops, partial.")]
-    = None,
-    img: Annotated[int | None, typer.Option(help="Training size (default: the spec's).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cpu; with --resume: the run's).")]
     = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step, all GPUs together (default 16).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.004).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default 0).", callback=opt.at_least(0))] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step, all GPUs together (default 16).",
+                                                   callback=opt.at_least(1, "images per step"))] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.004).",
+                                             callback=opt.greater_than(0))] = None,
     save: Annotated[Path | None, typer.Option(help="Write the trained (EMA) weights here.")] = None,
     out: Annotated[Path | None, typer.Option(help="Full training into this folder: last.pt every epoch, best.pt, "
                                                    "report; MLflow in DIR/mlflow.db.")] = None,
@@ -150,8 +157,8 @@ def search(
 
 @app.command()
 def resume(
-    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    search: opt.SearchName,
+    root: opt.Root = opt.DEFAULT_ROOT,
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Record in the study only.")] = False,
 ) -> None:
@@ -163,8 +170,8 @@ def resume(
 
 @app.command()
 def status(
-    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    search: opt.SearchName,
+    root: opt.Root = opt.DEFAULT_ROOT,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Trial counts by state and the Pareto trials of a search (read from its study)."""
@@ -184,7 +191,7 @@ def status(
 
 @app.command()
 def demo(
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    root: opt.Root = opt.DEFAULT_ROOT,
 ) -> None:
     """Run (or finish) the default CPU search and print its Pareto front and how to open it in MLflow."""
     from gpnas.experiments.search_api import run_demo
@@ -194,8 +201,8 @@ def demo(
 
 @app.command()
 def pareto(
-    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    search: opt.SearchName,
+    root: opt.Root = opt.DEFAULT_ROOT,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """The current Pareto front of a search (feasible complete trials)."""
@@ -223,23 +230,28 @@ def pareto(
 
 @app.command()
 def export(
-    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    search: opt.SearchName,
     pick: Annotated[str, typer.Option(help="pareto | knee | best-ap | fastest | a condition like 'latency_ms<5'.")]
     = "pareto",
     out: Annotated[Path, typer.Option(help="Folder for the spec YAMLs and manifest.json.")] = Path("exported"),
     weights: Annotated[bool, typer.Option("--weights", help="Also copy the proxy-trained weights.")] = False,
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    root: opt.Root = opt.DEFAULT_ROOT,
     force: Annotated[bool, typer.Option("--force", help="Write into a folder that holds files (overwrites the "
                                                         "files export writes).")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="spec, onnx, torchscript, or several: onnx,torchscript "
-                                                      "(the spec YAML is always written).")] = "spec",
-    img: Annotated[int | None, typer.Option(help="Graph input size (default: the spec's).")] = None,
-    batch: Annotated[str, typer.Option(help="Graph batch: a number, or 'dynamic'.")] = "1",
+    fmt: Annotated[list[str] | None, typer.Option(
+        "--format", metavar="<format,...>",
+        help="spec, onnx, torchscript; several: repeat it or list them, onnx,torchscript (the spec YAML is "
+             "always written).", callback=opt.export_formats)] = None,
+    img: Annotated[int | None, typer.Option(help="Graph input size (default: the spec's).", callback=opt.img_size)]
+    = None,
+    batch: Annotated[str, typer.Option(help="Graph batch: a number, or 'dynamic'.", callback=opt.batch_or_dynamic)]
+    = "1",
     dynamic_size: Annotated[bool, typer.Option("--dynamic-size", help="Any input size (a multiple of 32).")]
     = False,
     decode: Annotated[bool, typer.Option("--decode", help="Decode boxes in the graph (NMS stays outside).")]
     = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    opset: Annotated[int, typer.Option(help=f"ONNX opset ({opt.OPSETS[0]}-{opt.OPSETS[1]}).", callback=opt.within(
+        *opt.OPSETS, "the ONNX opsets gpnas' graphs export at"))] = 18,
     latency: Annotated[bool, typer.Option("--latency", help="Time the ONNX graph with onnxruntime and the torch "
                                                             "model under the search's CPU protocol.")] = False,
 ) -> None:
@@ -250,14 +262,16 @@ def export(
     from gpnas.results.export import check_out
     from gpnas.results.export import export as export_archs
 
-    if batch != "dynamic" and not (batch.isdigit() and int(batch) >= 1):
-        raise GpnasError(f"--batch {batch!r}: give a batch size (1, 8, ...) or 'dynamic'")
+    if dynamic_size and opset < opt.DYNAMIC_SIZE_MIN_OPSET:
+        raise GpnasError(f"--opset {opset} with --dynamic-size: torch.export's exporter writes opset "
+                         f"{opt.DYNAMIC_SIZE_MIN_OPSET} or later; give --opset {opt.DYNAMIC_SIZE_MIN_OPSET}-"
+                         f"{opt.OPSETS[1]}, or drop --dynamic-size for a fixed input size")
     deploy = DeployOptions(img=img, batch=None if batch == "dynamic" else int(batch), dynamic_size=dynamic_size,
                            decode=decode, opset=opset, latency=latency)
     check_out(out, force=force)  # refuse a bad --out before the search is even read
     _, cfg = open_search(search, root)
     manifest = export_archs(cfg.info(), pick, out, weights=weights, force=force,
-                            formats=tuple(f.strip() for f in fmt.split(",") if f.strip()), deploy=deploy)
+                            formats=tuple(fmt or ("spec",)), deploy=deploy)
     for entry in manifest["architectures"]:
         say("  ", out / entry["spec"], f"  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
             f"gflops {entry['gflops']:.4f}")
@@ -272,19 +286,25 @@ def export(
 
 @app.command()
 def fidelity(
-    search: Annotated[str | None, typer.Argument(help="Search name (under --root) or its folder.")] = None,
+    search: opt.OptionalSearchName = None,
     panel: Annotated[str | None, typer.Option(help="A named panel instead of a search (nano).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="With --panel: config overrides, e.g. "
                                                           "train.steps=600.")] = None,
     config: Annotated[str, typer.Option(help="With --panel: the config whose data and train settings apply.")]
     = "demo",
-    factor: Annotated[float, typer.Option(help="Reference budget = factor × the proxy budget.")] = 4.0,
-    seeds: Annotated[int, typer.Option(help="Seeds at the proxy budget (seed-to-seed ρ needs 2).")] = 2,
-    reference_seeds: Annotated[int, typer.Option(help="Seeds at the reference budget.")] = 1,
-    candidates: Annotated[int, typer.Option(help="From a search: front + spread sample, this many.")] = 8,
-    workers: Annotated[int | None, typer.Option(help="Runs at once (default: budget.max_concurrent).")] = None,
+    factor: Annotated[float, typer.Option(help="Reference budget = factor × the proxy budget.",
+                                          callback=opt.at_least(1, "the reference budget is at least the proxy's"))]
+    = 4.0,
+    seeds: Annotated[int, typer.Option(help="Seeds at the proxy budget (seed-to-seed ρ needs 2).",
+                                       callback=opt.at_least(1, "seeds"))] = 2,
+    reference_seeds: Annotated[int, typer.Option(help="Seeds at the reference budget.",
+                                                 callback=opt.at_least(1, "seeds"))] = 1,
+    candidates: Annotated[int, typer.Option(help="From a search: front + spread sample, this many.",
+                                            callback=opt.at_least(2, "a rank correlation needs two"))] = 8,
+    workers: Annotated[int | None, typer.Option(help="Runs at once (default: budget.max_concurrent).",
+                                                callback=opt.at_least(1, "runs at once"))] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: SEARCH/fidelity).")] = None,
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    root: opt.Root = opt.DEFAULT_ROOT,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the report to MLflow.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -312,13 +332,14 @@ def analyze(
     searches: Annotated[list[str], typer.Argument(metavar="NAME_OR_DIR", help="Search names (under --root) "
                                                    "or folders; several are pooled.")],
     target: Annotated[str, typer.Option(help="auto | proxy | fidelity: the AP to explain (auto: the long-budget "
-                                             "AP of `gpnas fidelity` when 5+ candidates have it).")] = "auto",
+                                             "AP of `gpnas fidelity` when 5+ candidates have it).",
+                                        callback=opt.one_of("auto", "proxy", "fidelity"))] = "auto",
     out: Annotated[Path | None, typer.Option(help="Output folder (default: SEARCH/analysis, or "
                                                   "ROOT/analysis-A+B for several).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the report to the search's run.")]
     = False,
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    root: opt.Root = opt.DEFAULT_ROOT,
 ) -> None:
     """Which gradient-path features predict AP once GFLOPs and params are held fixed: partial Spearman ρ per
     feature, and a cross-validated surrogate on features + size against size alone."""
@@ -336,15 +357,20 @@ def analyze(
 
 @app.command()
 def refine(
-    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
+    search: opt.SearchName,
     top: Annotated[int | None, typer.Option(help="Non-dominated ranks to refine (1: the front; default: the "
-                                                 "config's refine.top, else 1).")] = None,
-    budget_multiplier: Annotated[float | None, typer.Option(help="Refined budget = this × the trial budget.")]
+                                                 "config's refine.top, else 1).", callback=opt.at_least(1, "ranks"))]
     = None,
-    seeds: Annotated[int | None, typer.Option(help="Training seeds per refined trial.")] = None,
-    max_trials: Annotated[int | None, typer.Option(help="The most trials refined.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Runs at once (default: budget.max_concurrent).")] = None,
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    budget_multiplier: Annotated[float | None, typer.Option(help="Refined budget = this × the trial budget.",
+                                                            callback=opt.at_least(1, "at least the trial budget"))]
+    = None,
+    seeds: Annotated[int | None, typer.Option(help="Training seeds per refined trial.",
+                                              callback=opt.at_least(1, "seeds"))] = None,
+    max_trials: Annotated[int | None, typer.Option(help="The most trials refined.",
+                                                   callback=opt.at_least(1, "trials"))] = None,
+    workers: Annotated[int | None, typer.Option(help="Runs at once (default: budget.max_concurrent).",
+                                                callback=opt.at_least(1, "runs at once"))] = None,
+    root: opt.Root = opt.DEFAULT_ROOT,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Record in the study only.")] = False,
 ) -> None:
     """Retrain the front at a larger budget with several seeds; the front shown and exported becomes the refined
@@ -360,8 +386,8 @@ def refine(
 
 @app.command()
 def sync(
-    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
+    search: opt.SearchName,
+    root: opt.Root = opt.DEFAULT_ROOT,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the search's).")] = None,
     weights: Annotated[bool, typer.Option("--weights", help="Also copy the trained weights back from MLflow.")]
     = False,
@@ -386,9 +412,9 @@ def sync(
 
 @app.command()
 def ui(
-    search: Annotated[str, typer.Argument(help="Search name (under --root) or its folder.")],
-    root: Annotated[str, typer.Option(help="Folder that holds the searches.")] = "runs",
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    search: opt.SearchName,
+    root: opt.Root = opt.DEFAULT_ROOT,
+    port: opt.Port = 5000,
 ) -> None:
     """Serve the MLflow UI for a search's local store on 127.0.0.1."""
     from gpnas.experiments.search_api import open_search
@@ -402,14 +428,16 @@ def ui(
 def latency(
     arch: Annotated[str, typer.Argument(help="Preset name, spec YAML file, or an exported .onnx file.")],
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    img: Annotated[int | None, typer.Option(help="Input size (default: the spec's).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size.", callback=opt.at_least(1, "images per forward pass"))] = 1,
+    img: Annotated[int | None, typer.Option(help="Input size (default: the spec's).", callback=opt.img_size)] = None,
     dtype: Annotated[str, typer.Option(help="fp32, fp16 (CUDA) or bf16.")] = "fp32",
-    repeats: Annotated[int | None, typer.Option(help="Timed repeats (default: a search's, 10).")] = None,
-    warmup: Annotated[int | None, typer.Option(help="Warm-up iterations (default: a search's, 5).")] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
-    mode: Annotated[str, typer.Option(help="measured (end to end), predicted (per-layer table) or both.")]
-    = "measured",
+    repeats: Annotated[int | None, typer.Option(help="Timed repeats (default: a search's, 10).",
+                                                callback=opt.at_least(1, "timed runs"))] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up iterations (default: a search's, 5).",
+                                               callback=opt.at_least(0, "untimed runs"))] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads.", callback=opt.at_least(1, "threads"))] = 1,
+    mode: Annotated[str, typer.Option(help="measured (end to end), predicted (per-layer table) or both.",
+                                      callback=opt.one_of("measured", "predicted", "both"))] = "measured",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Latency of the fused model under a declared protocol (the one a search uses, by default): measured end to
@@ -419,8 +447,6 @@ def latency(
     from gpnas.experiments.stages import latency as latency_of
     from gpnas.objectives.latency import LatencyProtocol
 
-    if mode not in ("measured", "predicted", "both"):
-        raise GpnasError(f"--mode {mode!r}: choose measured, predicted or both")
     if arch.endswith(".onnx"):
         _onnx_latency(Path(arch), batch=batch, img=img, dtype=dtype, repeats=repeats, warmup=warmup,
                       threads=threads, device=device, as_json=as_json)

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from gpnas.search_space.errors import ConfigError
+from gpnas.search_space.yaml_load import DuplicateKeyError, load_yaml
 
 __all__ = ["MAX_CONFIG_BYTES", "PACKAGED_CONFIGS", "apply_override", "read_config_file", "resolve_config_path"]
 
@@ -24,7 +25,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {override!r}: write it as key.sub=value (e.g. train.seconds=30)")
     key, raw = override.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"override {override!r}") if raw.strip() else ""
+    except DuplicateKeyError as err:
+        raise ConfigError(str(err)) from None
     except yaml.YAMLError:
         value = raw
     node = data
@@ -66,7 +69,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: a binary file (it holds NUL bytes), not UTF-8 text; a search config is a "
                           "YAML text file (is this the right file?)")
     try:
-        loaded = yaml.safe_load(text)
+        loaded = load_yaml(text, str(path))
+    except DuplicateKeyError as err:
+        raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from gpnas.search_space.errors import SpecError
+from gpnas.search_space.yaml_load import DuplicateKeyError, load_yaml
 
 SCHEMA_VERSION = 1
 NUM_STAGES = 4
@@ -329,7 +330,9 @@ def load_spec(path: str | Path) -> ArchSpec:
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file; give a preset name (see `gpnas presets`) or a YAML path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), str(path))
+    except DuplicateKeyError as err:
+        raise SpecError(str(err)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
