@@ -190,7 +190,29 @@ def proxy_table(rows: list[dict[str, Any]], reference: str, sizes: dict[str, dic
     return lines
 
 
+def self_table(rows: list[dict[str, Any]], sizes: dict[str, dict[str, float]]) -> list[str]:
+    """Every setting on its own: seed-to-seed rho of AP, and how far its AP only follows size."""
+    gflops = {k: v["gflops"] for k, v in sizes.items()}
+    lines = ["## 0. Each setting on its own (AP)", "",
+             "| setting | runs | seeds | mean AP | seed-to-seed rho all | matched | rho(AP, GFLOPs) | mean s/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        chosen = [r for r in rows if r["setting"] == setting]
+        if not chosen:
+            continue
+        per_seed = by_arch(rows, setting)
+        seeds = sorted({s for v in per_seed.values() for s in v})
+        pair = (mean_over(per_seed, (seeds[0],)), mean_over(per_seed, (seeds[1],))) if len(seeds) >= 2 else None
+        seed_all = rho(*pair)[0] if pair else float("nan")
+        seed_m = rho(*pair, tuple(SIZE_MATCHED))[0] if pair else float("nan")
+        lines.append(f"| {setting} | {len(chosen)} | {len(seeds)} | {statistics.fmean(r['ap'] for r in chosen):.4f} | "
+                     f"{fmt(seed_all)} | {fmt(seed_m)} | {fmt(rho(mean_over(per_seed), gflops)[0])} | "
+                     f"{statistics.fmean(r['wall_seconds'] for r in chosen):.0f} |")
+    return [*lines, ""]
+
+
 def report(rows: list[dict[str, Any]], *, reference: str, sizes: dict[str, dict[str, float]]) -> str:
     machines = sorted({f"{r['machine']} ({r['device']})" for r in rows})
     head = [f"# Proxy study: {len(rows)} runs", "machines: " + "; ".join(machines), ""]
-    return "\n".join(head + reference_table(rows, reference) + proxy_table(rows, reference, sizes))
+    return "\n".join(head + self_table(rows, sizes) + reference_table(rows, reference)
+                     + proxy_table(rows, reference, sizes))

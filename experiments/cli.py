@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -207,6 +207,7 @@ def pareto(
 ) -> None:
     """The current Pareto front of a search (feasible complete trials)."""
     from gpnas.experiments.search_api import open_search
+    from gpnas.objectives.definitions import OBJECTIVES, format_value
     from gpnas.results.export import pareto_rows
 
     _, cfg = open_search(search, root)
@@ -215,14 +216,14 @@ def pareto(
         _print_json(rows)
         return
     refined = any(r["refined"] for r in rows)
-    cols = ("trial", "arch_id", "ap ± sd (seeds)" if refined else "ap", "ap50", "gflops", "latency_ms", "run_id")
+    others = [o for o in OBJECTIVES if o != "ap"]  # every registered objective, whatever this search optimised
+    cols = ("trial", "arch_id", "ap ± sd (seeds)" if refined else "ap", "ap50", *others, "run_id")
     title = f"{'Refined ' if refined else ''}Pareto front of {cfg.name}"
     tab = table(*cols, title=title)
     for r in rows:
-        lat = r["latency_ms"]
         ap = f"{r['ap']:.4f} ± {r['ap_sd']:.4f} ({len(r['seeds'])})" if r["refined"] else f"{r['ap']:.4f}"
-        add_row(tab, r["trial_id"], r["arch_id"], ap, f"{r['ap50']:.4f}", f"{r['gflops']:.4f}",
-                "-" if lat is None else f"{lat:.3f}", r["run_id"] or "-")
+        add_row(tab, r["trial_id"], r["arch_id"], ap, f"{r['ap50']:.4f}", *(format_value(o, r[o]) for o in others),
+                r["run_id"] or "-")
     console.print(tab)
     if refined:
         say("AP is the mean over the refinement seeds at the larger budget (the search's own: ap_proxy in --json)")
@@ -258,6 +259,7 @@ def export(
     """Write the chosen architectures as spec YAMLs (they rebuild the measured models) plus a manifest; with
     --format onnx / torchscript also the fused graphs, each checked by running it against the torch model."""
     from gpnas.experiments.search_api import open_search
+    from gpnas.objectives.definitions import format_value
     from gpnas.results.deploy import DeployOptions
     from gpnas.results.export import check_out
     from gpnas.results.export import export as export_archs
@@ -272,9 +274,10 @@ def export(
     _, cfg = open_search(search, root)
     manifest = export_archs(cfg.info(), pick, out, weights=weights, force=force,
                             formats=tuple(fmt or ("spec",)), deploy=deploy)
+    shown = dict.fromkeys(("ap", "gflops", *cfg.objectives))  # AP and size always, then the search's objectives
     for entry in manifest["architectures"]:
-        say("  ", out / entry["spec"], f"  trial {entry['trial_id']}  ap {entry['ap']:.4f}  "
-            f"gflops {entry['gflops']:.4f}")
+        say("  ", out / entry["spec"], f"  trial {entry['trial_id']}  "
+            + "  ".join(f"{k} {format_value(k, entry.get(k))}" for k in shown))
         for kind, graph in entry.get("deploy", {}).items():
             if isinstance(graph, dict):
                 check = graph["check"]
@@ -436,6 +439,10 @@ def latency(
     warmup: Annotated[int | None, typer.Option(help="Warm-up iterations (default: a search's, 5).",
                                                callback=opt.at_least(0, "untimed runs"))] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.", callback=opt.at_least(1, "threads"))] = 1,
+    iters: Annotated[int | None, typer.Option(help="Passes per timed repeat (default: a search's, 3).",
+                                              callback=opt.at_least(1, "passes per timed repeat"))] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="CUDA: time replays of the pass captured in a "
+                                                                  "CUDA graph (no Python launch overhead).")] = False,
     mode: Annotated[str, typer.Option(help="measured (end to end), predicted (per-layer table) or both.",
                                       callback=opt.one_of("measured", "predicted", "both"))] = "measured",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -447,14 +454,13 @@ def latency(
     from gpnas.experiments.stages import latency as latency_of
     from gpnas.objectives.latency import LatencyProtocol
 
+    given = {k: v for k, v in (("repeats", repeats), ("warmup", warmup), ("iters_per_repeat", iters)) if v is not None}
+    settings = {"device": device, "batch": batch, "dtype": dtype, "threads": threads, "cuda_graph": cuda_graph, **given}
     if arch.endswith(".onnx"):
-        _onnx_latency(Path(arch), batch=batch, img=img, dtype=dtype, repeats=repeats, warmup=warmup,
-                      threads=threads, device=device, as_json=as_json)
+        _onnx_latency(Path(arch), settings, img=img, mode=mode, as_json=as_json)
         return
     spec = resolve_arch(arch)
-    given = {k: v for k, v in (("repeats", repeats), ("warmup", warmup)) if v is not None}
-    protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or spec.img_size,  # type: ignore[arg-type]
-                               threads=threads, **given)
+    protocol = LatencyProtocol(img_size=img or spec.img_size, **settings)
     record = latency_of(build(spec, seed=0), protocol, mode)
     if as_json:
         _print_json({"arch_id": spec.arch_id, "name": spec.name, **record})
@@ -471,27 +477,34 @@ def latency(
     console.print(tab)
 
 
-def _onnx_latency(path: Path, *, batch: int, img: int | None, dtype: str, repeats: int | None,
-                  warmup: int | None, threads: int, device: str, as_json: bool) -> None:
+def _onnx_latency(path: Path, settings: dict[str, Any], *, img: int | None, mode: str, as_json: bool) -> None:
     """`gpnas latency MODEL.onnx`: the exported graph under onnxruntime, with the same protocol as a torch model
-    (the input size defaults to the graph's own when it is fixed)."""
+    (the input size defaults to the graph's own when it is fixed); predicted from the spec the graph carries."""
+    from gpnas.experiments.onnx_latency import onnx_latency
     from gpnas.objectives.latency import LatencyProtocol
-    from gpnas.objectives.onnx_runtime import input_shape, measure_onnx_latency, onnx_session
+    from gpnas.objectives.onnx_runtime import input_shape, onnx_session
 
     fixed = input_shape(onnx_session(path))[2]
     if img is None and not isinstance(fixed, int):
         raise GpnasError(f"{path} takes any input size: give one with --img (a multiple of 32)")
-    given = {k: v for k, v in (("repeats", repeats), ("warmup", warmup)) if v is not None}
-    protocol = LatencyProtocol(device=device, batch=batch, dtype=dtype, img_size=img or int(fixed),  # type: ignore[arg-type]
-                               threads=threads, **given)
-    result = measure_onnx_latency(path, protocol).to_dict()
+    protocol = LatencyProtocol(img_size=img or int(fixed), **settings)
+    record = onnx_latency(path, protocol, mode)
     if as_json:
-        _print_json({"file": str(path), "runtime": "onnxruntime", "measured": result})
+        _print_json(record)
         return
-    tab = table(show_header=False, title=f"latency of {path.name} (onnxruntime)")
-    for key in ("median_ms", "iqr_ms", "cv", "device_name"):
-        add_row(tab, f"measured {key}", f"{result[key]:.4f}" if isinstance(result[key], float) else result[key])
-    add_row(tab, "protocol", json.dumps(result["protocol"]))
+    tab = table(show_header=False, title=f"latency of {path.name}")
+    if record["predicted"]:
+        p = record["predicted"]
+        add_row(tab, "predicted_ms", f"{p['ms']:.4f} ({p['n_layers']} layers, {p['timed_now']} timed now), from "
+                f"{p['source']} (arch_id {record['arch_id']}): {p['of']}")
+    elif record["predicted_note"]:
+        add_row(tab, "predicted_ms", record["predicted_note"])
+    if record["measured"]:
+        measured = record["measured"]
+        for key in ("median_ms", "iqr_ms", "cv", "device_name"):
+            value = measured[key]
+            add_row(tab, f"measured {key}", f"{value:.4f}" if isinstance(value, float) else value)
+    add_row(tab, "protocol", json.dumps(record["protocol"]))
     console.print(tab)
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from gpnas.experiments.config_file import MAX_CONFIG_BYTES, apply_override, read_config_file, resolve_config_path
-from gpnas.objectives.definitions import OBJECTIVES, Direction, directions
+from gpnas.objectives.definitions import CONSTRAINTS, OBJECTIVES, Direction, directions
 from gpnas.objectives.latency import LatencyProtocol
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import SearchInfo
@@ -69,9 +69,25 @@ class SpaceConfig(_Section):
 
 
 class ConstraintsConfig(_Section):
-    max_gflops: float | None = None
-    max_params_m: float | None = None
-    max_latency_ms: float | None = None
+    """Limits on figures known before training: one key per registered constraint (``max_gflops``,
+    ``max_params_m``, ``max_latency_ms``, and ``max_<name>`` / ``min_<name>`` of any objective registered with
+    one: :data:`gpnas.objectives.definitions.CONSTRAINTS`), each a number or null (no limit). The keys are read
+    from the registry when a config is validated, so a constraint registered later is a key here at once."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    __pydantic_extra__: dict[str, float | None]  # every key is a registered constraint (checked below)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key in data:
+            if key not in CONSTRAINTS:
+                close = difflib.get_close_matches(str(key), list(CONSTRAINTS), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(CONSTRAINTS)}"
+                raise ValueError(f"unknown key 'constraints.{key}'; {hint}")
+        return {key: data.get(key) for key in CONSTRAINTS}
 
 
 class SamplerConfig(_Section):
@@ -374,13 +390,14 @@ class GradientPathConfig(_Section):
 
 
 class SearchConfig(_Section):
-    """A whole search. ``objectives`` directions are fixed by name: ap max, gflops min, latency_ms min."""
+    """A whole search. ``objectives`` are registered names (:mod:`gpnas.objectives.definitions`: ap,
+    gflops, latency_ms, ...), each with its fixed direction."""
 
     schema_version: int = CONFIG_SCHEMA_VERSION
     name: str = "search"
     space: SpaceConfig = SpaceConfig()
     objectives: tuple[str, ...] = ("ap", "gflops", "latency_ms")
-    constraints: ConstraintsConfig = ConstraintsConfig()
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)  # keys: the registry's
     sampler: SamplerConfig = SamplerConfig()
     budget: BudgetConfig = BudgetConfig()
     data: DataConfig = DataConfig()
@@ -418,10 +435,10 @@ class SearchConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _latency_needed(self) -> SearchConfig:
-        timed = [o for o in self.objectives if OBJECTIVES[o].measured_by == "latency"]
-        if timed and not self.latency.enabled:
-            raise ValueError(f"objectives include {', '.join(timed)} but latency.enabled is false")
+    def _stages_run(self) -> SearchConfig:
+        from gpnas.experiments.stage_registry import check_config
+
+        check_config(self)  # each objective's stage is known and switched on; constraints bound cheap figures
         return self
 
     @model_validator(mode="after")
@@ -559,7 +576,7 @@ def format_config_error(err: ValidationError, source: str) -> str:
             continue
         msg = e["msg"].removeprefix("Value error, ")
         if isinstance(e.get("input"), dict):
-            where = "" if not loc or msg.startswith(f"{loc}.") else f"{loc}: "
+            where = "" if not loc or msg.startswith((f"{loc}.", f"unknown key '{loc}.")) else f"{loc}: "
             lines.append(f"{source}: {where}{msg}")
         else:
             lines.append(f"{source}: {loc or '(config)'} = {e.get('input')!r} is invalid: {msg}")

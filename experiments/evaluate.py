@@ -1,15 +1,15 @@
 """evaluate_candidate(spec, cfg, reporter) -> TrialResult: the one function every backend calls.
 
-build -> size and gradient-path structure -> latency -> constraints (an infeasible candidate is not trained) ->
-features of the fresh model (gradient statistics at init, zero-cost proxies) ->
-proxy training with per-epoch AP reports -> final AP -> measured gradient statistics, each through the shared
-stages of :mod:`gpnas.experiments.stages`. The declared trial failures (invalid spec, infeasible, diverged, out of
-memory, data error, timeout) are recorded states with their reason; anything else is a bug in gpnas and is raised.
+build -> the stages before training that the config needs, cheapest first (size and gradient-path structure,
+latency, any registered objective's stage: :mod:`gpnas.experiments.stage_registry`) -> constraints (an infeasible
+candidate is not trained) -> features of the fresh model (gradient statistics at init, zero-cost proxies) -> the
+stages after training (proxy training with per-epoch AP reports, final AP, measured gradient statistics).
+The declared trial failures (invalid spec, infeasible, diverged, out of memory, data error, timeout) are recorded
+states with their reason; anything else is a bug in gpnas and is raised.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
 from pathlib import Path
@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from gpnas.experiments import stages
 from gpnas.experiments.config import SearchConfig
-from gpnas.objectives.definitions import constraint_values
+from gpnas.experiments.stage_registry import Stage, StageContext, stages_for
+from gpnas.objectives.definitions import CONSTRAINTS, constraint_values
 from gpnas.results.records import TrialResult
 from gpnas.search_space.errors import GpnasError, InfeasibleCandidate, TrialTimeout
 from gpnas.search_space.spec import ArchSpec
@@ -31,59 +32,16 @@ class Reporter(Protocol):
     def __call__(self, metrics: dict[str, float]) -> None: ...
 
 
+_MISSED = {"max": "exceeded", "min": "not reached"}
+
+
 def _no_report(metrics: dict[str, float]) -> None:
     return None
 
 
-def _before_training(spec: ArchSpec, model: Any, cfg: SearchConfig, result: TrialResult) -> None:
-    """Size, gradient-path structure and latency: everything measured on the untrained model."""
-    result.metrics.update(stages.measure_size(spec, model))
-    if cfg.gradient_path.structural:
-        aggregates, result.gp_layers, _ = stages.gradient_structure(model)
-        result.metrics.update(aggregates)
-    if cfg.latency.enabled:
-        result.latency = stages.latency(model, cfg.latency.protocol(img_size=spec.img_size), cfg.latency.mode)
-        result.metrics.update(stages.latency_metrics(result.latency))
-
-
-def _train(spec: ArchSpec, model: Any, cfg: SearchConfig, reporter: Reporter, result: TrialResult,
-           weights_dir: Path | None) -> None:
-    import torch
-
-    from gpnas.trainers.callbacks import Callback
-
-    class _Report(Callback):
-        def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-            reporter({**{k: v for k, v in result.metrics.items() if not k.startswith(("gp_", "zc_"))}, **metrics})
-
-    data = stages.load_data(cfg.data, spec.img_size)
-    config = dataclasses.replace(cfg.train, threads=cfg.train.threads or max(1, int(cfg.budget.cpu)))
-    if cfg.early_stopping.enabled:
-        unit, rungs = cfg.rungs()
-        if unit == "steps":  # every rung is an evaluation point (epoch rungs are epoch ends already)
-            config = dataclasses.replace(config, eval_steps=tuple(sorted({*config.eval_steps, *rungs})))
-    fit = stages.train(model, data, config, [_Report()])
-    result.history = fit.history
-    result.metrics.update({k: v for k, v in fit.metrics.items() if k not in ("epoch", "step")})
-    result.metrics.update(train_seconds=fit.train_seconds, images_per_second=fit.images_per_second,
-                          epochs=float(fit.epochs), steps=float(fit.steps))
-    if weights_dir is not None and fit.model is not None:
-        weights_dir.mkdir(parents=True, exist_ok=True)
-        path = weights_dir / f"{spec.arch_id}.pt"
-        torch.save(fit.model.state_dict(), path)
-        result.weights_path = str(path)
-    if fit.timed_out:
-        raise TrialTimeout(f"hit the wall-clock cap train.max_seconds={config.max_seconds:g} after {fit.steps} steps "
-                           f"(budget: {config.budget_label()}); the AP recorded ({fit.ap:.4f}) is partial. Raise "
-                           "train.max_seconds or lower the budget")
-    if cfg.gradient_path.measured and fit.model is not None:
-        from gpnas.objectives.gp_features import merge_measured
-        from gpnas.objectives.gradient_path import gradient_aggregates
-
-        measured = stages.gradient_statistics(fit.model, data)
-        result.metrics.update(gradient_aggregates(measured))
-        if result.gp_layers:
-            result.gp_layers = merge_measured(result.gp_layers, measured, when="trained")
+def _run(chosen: list[Stage], ctx: StageContext) -> None:
+    for stage in chosen:
+        ctx.result.metrics.update(stage.run(ctx))
 
 
 def _declared_failure(err: BaseException) -> tuple[str, str] | None:
@@ -116,13 +74,15 @@ def evaluate_candidate(
         if not isinstance(spec, ArchSpec):
             spec = ArchSpec.from_dict(spec, source="candidate")
         result.arch_id, result.spec = spec.arch_id, spec.to_dict()
-        model = stages.build(spec, seed=cfg.train.seed)
-        _before_training(spec, model, cfg, result)
+        ctx = StageContext(spec, stages.build(spec, seed=cfg.train.seed), cfg, result, reporter, weights_dir)
+        chosen = stages_for(cfg)
+        _run([s for s in chosen if s.before_training], ctx)
         violated = {k: v for k, v in constraint_values(cfg.constraints.model_dump(), result.metrics).items() if v > 0}
         if violated:
-            raise InfeasibleCandidate(", ".join(f"{k} exceeded by {v:.4g}" for k, v in violated.items()))
-        result.metrics.update(stages.init_features(model, spec, cfg, result.gp_layers))  # only when trained
-        _train(spec, model, cfg, reporter, result, weights_dir)
+            raise InfeasibleCandidate(", ".join(f"{k} {_MISSED[CONSTRAINTS[k].bound]} by {v:.4g}"
+                                                for k, v in violated.items()))
+        result.metrics.update(stages.init_features(ctx.model, spec, cfg, result.gp_layers))  # only when trained
+        _run([s for s in chosen if not s.before_training], ctx)
         result.state = "complete"
     except Exception as err:
         declared = _declared_failure(err)

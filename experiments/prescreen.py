@@ -26,15 +26,13 @@ from typing import Any
 import numpy as np
 
 from gpnas.experiments.config import SearchConfig
+from gpnas.experiments.stage_registry import StageContext, known_before_training, stages_for
 from gpnas.objectives.definitions import OBJECTIVES
 from gpnas.results.pareto import hypervolume, non_dominated_sort, reference_point
+from gpnas.results.records import TrialResult
 from gpnas.search_space.spec import ArchSpec
 
-__all__ = ["KNOWN_BEFORE_TRAINING", "Prescreen", "Scored", "feature_row", "fit_history", "rank_by_hypervolume_gain",
-           "rank_by_proxy"]
-
-#: the objectives a candidate has before it is trained (AP is what training buys)
-KNOWN_BEFORE_TRAINING = ("gflops", "params_m", "latency_ms")
+__all__ = ["Prescreen", "Scored", "feature_row", "fit_history", "rank_by_hypervolume_gain", "rank_by_proxy"]
 
 
 @dataclass
@@ -104,23 +102,18 @@ class Prescreen:
         self.cfg = cfg
         self.settings = cfg.prescreen
         self.proxy = None if self.settings.score == "surrogate" else f"zc_{self.settings.score.removeprefix('zc_')}"
-        self.costs = [o for o in cfg.objectives if o in KNOWN_BEFORE_TRAINING]
+        self.costs = known_before_training(cfg.objectives)  # the objectives a proposal has untrained
 
     def measure(self, spec: ArchSpec) -> dict[str, float]:
         """What the trial would measure before training (the same stages, the same seed), without training."""
         from gpnas.experiments import stages
 
-        model = stages.build(spec, seed=self.cfg.train.seed)
-        metrics = stages.measure_size(spec, model)
-        rows: list[dict[str, Any]] = []
-        if self.cfg.gradient_path.structural:
-            aggregates, rows, _ = stages.gradient_structure(model)
-            metrics.update(aggregates)
-        metrics.update(stages.init_features(model, spec, self.cfg, rows))
-        if "latency_ms" in self.costs and self.cfg.latency.enabled and self.cfg.latency.mode != "measured":
-            record = stages.latency(model, self.cfg.latency.protocol(img_size=spec.img_size), "predicted")
-            metrics.update(stages.latency_metrics(record))
-        return metrics
+        ctx = StageContext(spec, stages.build(spec, seed=self.cfg.train.seed), self.cfg,
+                           TrialResult(arch_id=spec.arch_id, state="complete"))
+        for stage in (s for s in stages_for(self.cfg) if s.before_training):
+            ctx.result.metrics.update((stage.screen or stage.run)(ctx))
+        ctx.result.metrics.update(stages.init_features(ctx.model, spec, self.cfg, ctx.result.gp_layers))
+        return ctx.result.metrics
 
     def ready(self, complete: int) -> bool:
         """Whether proposals are screened now: always for a proxy, once a surrogate can be fitted otherwise."""

@@ -123,16 +123,17 @@ def summarise(outcome: SearchOutcome, cfg: SearchConfig, console: Console, track
     """The closing lines: counts, the Pareto front, and where to look."""
     from rich.table import Table
 
+    from gpnas.objectives.definitions import OBJECTIVES, format_value
     from gpnas.results.export import pareto_rows
 
     info = search_status(cfg.folder(), cfg)
     console.print(f"\nsearch {cfg.name} finished: {info['trials']}", markup=False)
     rows = pareto_rows(cfg.info())
     if rows:
-        table = Table("trial", "arch_id", "ap", "gflops", "latency_ms", title="Pareto front")
+        names = list(OBJECTIVES)  # every registered objective, AP first
+        table = Table("trial", "arch_id", *names, title="Pareto front")
         for r in rows:
-            table.add_row(str(r["trial_id"]), r["arch_id"], f"{r['ap']:.4f}", f"{r['gflops']:.4f}",
-                          f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-")
+            table.add_row(str(r["trial_id"]), r["arch_id"], *(format_value(o, r[o]) for o in names))
         console.print(table)
     if tracker is not None:
         console.print(tracker.how_to_open(), markup=False)

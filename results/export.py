@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gpnas.objectives.definitions import metric_names
 from gpnas.results import study as st
 from gpnas.results.front import FrontSummary, competing, front_summary
 from gpnas.results.records import SearchInfo, TrialRecord
@@ -25,13 +26,13 @@ _CONDITION = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$"
 
 
 def _row(rec: TrialRecord) -> dict[str, Any]:
+    """A trial as ``gpnas pareto`` and the manifest show it: every registered figure (None: not measured, such
+    as latency in a search without it; AP NaN), AP50, the run and its refinement."""
     m = rec.result.metrics if rec.result else {}
-    latency = m.get("latency_ms")
     refined = rec.result.refined if rec.result else None
-    row = {"trial_id": rec.number, "arch_id": rec.arch_id, "ap": m.get("ap", math.nan),
-           "ap50": m.get("ap50", math.nan), "gflops": m.get("gflops", math.nan),
-           "params_m": m.get("params_m", math.nan), "latency_ms": latency, "run_id": rec.mlflow_run_id,
-           "refined": bool(refined)}
+    figures = {name: m.get(name) for name in metric_names()}
+    row = {"trial_id": rec.number, "arch_id": rec.arch_id, **figures, "ap": m.get("ap", math.nan),
+           "ap50": m.get("ap50", math.nan), "run_id": rec.mlflow_run_id, "refined": bool(refined)}
     if refined:  # AP is the mean over the refinement seeds; the search's own proxy AP is kept
         row.update(ap_sd=refined["ap_sd"], ap_seeds=refined["ap"], seeds=refined["seeds"],
                    ap_proxy=m.get("ap_proxy", math.nan), refine_budget=refined["budget"])
@@ -43,7 +44,7 @@ def _front(recs: list[TrialRecord], search: SearchInfo) -> FrontSummary:
 
 
 def pareto_rows(search: SearchInfo) -> list[dict[str, Any]]:
-    """The current front as rows (trial_id, arch_id, ap, gflops, latency_ms, run_id), best AP first."""
+    """The current front as rows (trial_id, arch_id, every registered figure, ap50, run_id), best AP first."""
     recs = st.records(st.load_study(search.folder, search.name))
     front = set(_front(recs, search).front)
     rows = [_row(r) for r in recs if r.number in front]
@@ -72,7 +73,7 @@ def pick_records(recs: list[TrialRecord], search: SearchInfo, pick: str) -> list
         raise ConfigError(f"--pick {pick!r}: use one of {', '.join(PICKS)} or a condition like 'latency_ms<5'")
     metric, op, raw = match.groups()
     if not any(metric in (r.result.metrics if r.result else {}) for r in done):
-        raise ConfigError(f"--pick {pick!r}: no trial has the metric '{metric}' (try ap, gflops, latency_ms)")
+        raise ConfigError(f"--pick {pick!r}: no trial has the metric '{metric}' (try {', '.join(metric_names())})")
     limit = float(raw)
     ops = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__, "==": float.__eq__}
     chosen = [r for r in front if ops[op](r.metric(metric), limit)]

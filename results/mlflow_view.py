@@ -1,6 +1,7 @@
 """How the MLflow UI opens a gpnas experiment: on the runs table, with the search's figures as columns.
 
-Pure functions over the tags and URLs that MLflow 3.17's UI reads (no mlflow import; ``tracking`` writes them):
+Pure functions over the tags and URLs that MLflow 3.17's UI reads (no mlflow import; ``tracking`` writes them;
+the metric columns are the registered figures, :func:`metric_columns`, so an added objective is a column):
 
 - ``mlflow.experimentKind = custom_model_development`` marks the experiment as model training (MLflow's Python
   API has no call for it; the UI's kind selector writes this same experiment tag). A UI that reads it opens the
@@ -26,10 +27,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["KIND_TAG", "METRIC_COLUMNS", "MODEL_TRAINING_KIND", "PARETO_FILTER", "PARETO_VIEW", "TAG_COLUMNS",
-           "TRIALS_VIEW", "VIEW_NAMES", "VIEW_TAG_PREFIX", "column", "experiment_tags", "missing_tags", "param_columns",
-           "runs_url",
-           "search_run_note", "view_envelope", "view_state"]
+from gpnas.objectives.definitions import metric_names
+
+__all__ = ["DETAIL_COLUMNS", "KIND_TAG", "MODEL_TRAINING_KIND", "PARETO_FILTER", "PARETO_VIEW", "TAG_COLUMNS",
+           "TRIALS_VIEW", "VIEW_NAMES", "VIEW_TAG_PREFIX", "column", "experiment_tags", "metric_columns",
+           "missing_tags", "param_columns", "runs_url", "search_run_note", "view_envelope", "view_state"]
 
 KIND_TAG = "mlflow.experimentKind"
 #: the UI's "machine learning" experiment kind (the others are genai_development and the *_inferred guesses)
@@ -39,8 +41,8 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 TRIALS_VIEW = "gpnas-trials"
 PARETO_VIEW = "gpnas-pareto"
 PARETO_FILTER = "tags.is_pareto = 'true'"
-#: the figures of a trial, in column order: AP@[.5:.95], AP50, GFLOPs, latency, parameters (millions and count)
-METRIC_COLUMNS = ("ap", "gflops", "latency_ms", "params_m", "ap50")
+#: the figures shown after the registered ones (:func:`metric_columns`)
+DETAIL_COLUMNS = ("ap50",)
 TAG_COLUMNS = ("is_pareto", "pareto_rank", "gpnas.state")
 #: the names the UI lists them under (Views menu of the runs table)
 VIEW_NAMES = {TRIALS_VIEW: "gpnas: all trials", PARETO_VIEW: "gpnas: Pareto front"}
@@ -55,12 +57,19 @@ def column(group: str, key: str) -> str:
     return f"{group}.`{key}`"
 
 
+def metric_columns() -> tuple[str, ...]:
+    """The metric columns of the views, in order: every registered figure (the objectives — AP@[.5:.95], GFLOPs,
+    latency, any added one — then bounded metrics such as params_m; :func:`gpnas.objectives.definitions.
+    metric_names`), then AP50."""
+    return tuple(dict.fromkeys([*metric_names(), *DETAIL_COLUMNS]))
+
+
 def view_state(*, pareto_only: bool = False, params: Sequence[str] = ()) -> dict[str, Any]:
     """The runs-table state of a gpnas view: the trial runs (the search's own run left out), best AP first, the
     figures, Pareto tags and the run params ``params`` (the genes, arch_id) as columns; with ``pareto_only`` only
     the current front (``tags.is_pareto``)."""
     search = PARETO_FILTER if pareto_only else "tags.`gpnas.role` = 'trial'"
-    columns = [column("tags", k) for k in TAG_COLUMNS] + [column("metrics", k) for k in METRIC_COLUMNS] + \
+    columns = [column("tags", k) for k in TAG_COLUMNS] + [column("metrics", k) for k in metric_columns()] + \
         [column("params", k) for k in params]
     return {
         "searchFilter": search,

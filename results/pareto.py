@@ -228,7 +228,9 @@ def _reference_coordinate(
     """One coordinate of :func:`reference_point`."""
     known = OBJECTIVES.get(name)
     bound_key = known.constraint if known else None
-    if direction == "minimize" and bound_key is not None and constraints.get(bound_key) is not None:
+    worst_side = "max" if direction == "minimize" else "min"  # a bound on the worse side is a valid reference
+    if (bound_key is not None and constraints.get(bound_key) is not None
+            and bound_key.startswith(f"{worst_side}_")):
         return float(constraints[bound_key])  # type: ignore[arg-type]
     if known is not None and known.natural_bound is not None:
         return known.natural_bound
@@ -256,9 +258,10 @@ def reference_point(
 
     * maximised ``"ap"``: 0.0 (AP lies in [0, 1]); any other maximised objective: min observed − 10 % of the
       observed range (10 % of |min|, or 0.1, when the range is 0).
-    * minimised ``"gflops"`` / ``"latency_ms"``: the search's constraint bound ``constraints["max_gflops"]``
-      / ``constraints["max_latency_ms"]`` when given (not None); otherwise, and for any other minimised
-      objective, max observed × 1.1 (max + 0.1 · |max|, or + 0.1 when max is 0).
+    * a minimised objective with a ``max_<name>`` constraint (``"gflops"``, ``"latency_ms"``, any registered one)
+      or a maximised one with a ``min_<name>`` constraint: the search's bound (``constraints["max_gflops"]``)
+      when given (not None); otherwise, and for any other minimised objective, max observed × 1.1
+      (max + 0.1 · |max|, or + 0.1 when max is 0).
 
     Hypervolumes are only comparable between searches that used the same reference: log it with the figure.
     NaN rows are ignored; an objective with no finite value and no bound raises ValueError.

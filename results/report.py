@@ -101,11 +101,13 @@ class _ScatterData:
 
 
 def _coords(recs: Sequence[TrialRecord], name: str | None, *, infeasible: bool = False) -> np.ndarray:
-    """``ndarray[len(recs)]`` of one metric; an infeasible trial was not trained, so its AP is 0 (as in the study)."""
+    """``ndarray[len(recs)]`` of one metric; an infeasible trial was not trained, so a figure it lacks is at its
+    objective's natural bound (AP 0, as in the study)."""
     if name is None:
         return np.zeros(len(recs))
     values = np.array([_metric(r, name) for r in recs], dtype=float)
-    return np.nan_to_num(values, nan=0.0) if infeasible and name == "ap" else values
+    bound = OBJECTIVES[name].natural_bound if name in OBJECTIVES else None
+    return np.nan_to_num(values, nan=bound) if infeasible and bound is not None else values
 
 
 def _axes(objectives: Sequence[str]) -> tuple[str, str, str | None]:

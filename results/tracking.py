@@ -4,9 +4,9 @@ and ``train_tracking``, a full training's run, are the only modules that import 
 One experiment per search name; one parent run per search (config as params and artifact, hypervolume history,
 trial counts by state, the report); one child run per trial, linked by ``mlflow.parentRunId``, made RUNNING when
 the trial starts (params = genes + arch_id, the spec YAML), per-epoch AP logged live as steps, ended when the trial
-ends (metrics = ap, ap50, gflops, params, latency_ms, the ``gp_`` aggregates; tags = state, failure reason, node,
-``is_pareto``, ``pareto_rank``; artifacts = per-layer gradient-path CSV, latency protocol JSON, weights) or closed
-as KILLED when a resumed search finds it left RUNNING by a killed driver.
+ends (metrics = every registered objective and bounded figure, ap50, params, the ``gp_`` aggregates; tags =
+state, failure reason, node, ``is_pareto``, ``pareto_rank``; artifacts = per-layer gradient-path CSV, latency
+protocol JSON, weights) or closed as KILLED when a resumed search finds it left RUNNING by a killed driver.
 
 The Optuna study is the source of truth: MLflow is written from it, a trial's run id is stored back in the
 study, and ``sync`` backfills whatever MLflow missed (server down mid-search), idempotently.
@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from gpnas.objectives.definitions import OBJECTIVES
+from gpnas.objectives.definitions import metric_names
 from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder
 from gpnas.results.front import front_summary
@@ -38,14 +38,16 @@ from gpnas.search_space.errors import ConfigError
 
 __all__ = ["MlflowTracker"]
 
-_OTHER_METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops", "gflops_640", "params",
-                  "params_m", "params_fused", "latency_ms", "latency_pred_ms", "latency_measured_ms", "latency_iqr_ms",
-                  "latency_cv", "train_seconds", "images_per_second", "epochs")
+#: the detail figures the stages write beside the registered ones (AP breakdown, size at 640, latency protocol)
+_DETAIL_METRICS = ("ap50", "ap75", "ap_small", "ap_medium", "ap_large", "gflops_640", "params", "params_fused",
+                   "latency_pred_ms", "latency_measured_ms", "latency_iqr_ms", "latency_cv", "train_seconds",
+                   "images_per_second", "epochs")
 
 
 def _logged_metric(key: str) -> bool:
-    """Which result metrics become MLflow metrics: every objective, the figures above, the gp_* aggregates."""
-    return key in OBJECTIVES or key in _OTHER_METRICS or key.startswith("gp_")
+    """Which result metrics become MLflow metrics: every registered figure (objectives and bounded metrics:
+    :func:`gpnas.objectives.definitions.metric_names`), the details above, the gp_* aggregates."""
+    return key in metric_names() or key in _DETAIL_METRICS or key.startswith("gp_")
 RUN_STATUS = {"complete": "FINISHED", "infeasible": "FINISHED", "pruned": "KILLED", "failed": "FAILED",
               "timeout": "KILLED", "interrupted": "KILLED"}
 #: the artifact folder of a trial's run that holds its trained weights, ``weights/<arch_id>.pt``
