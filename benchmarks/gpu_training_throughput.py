@@ -1,15 +1,17 @@
 """Proxy-training throughput on a GPU: images/s, GPU utilisation and memory per preset, batch size and speed
 setting (issue 18, part 3). Run by benchmarks/gpu_check.sh; ``--device cpu`` runs the same code path on a CPU.
 
-For each preset (nano presets at 160 px; ``--paper`` adds yolor-elan at 640) and batch size, ``ProxyTrainer.fit``
-over ``--steps`` steps with the speed settings off (``amp``, ``channels_last``, ``fused_optimizer``,
-``cudnn_benchmark`` false) and on (the defaults: fp16 autocast with gradient scaling, channels-last, fused AdamW,
-cuDNN autotuning; pinned host batches and loader workers are ``auto``, i.e. on for CUDA). The GPU utilisation
-is the mean of ``nvidia-smi`` samples every 100 ms during the fit ("n/a" without nvidia-smi); memory is torch's
-peak allocation. The batch that fills the card is where images/s stops growing.
+For each preset (nano presets at 160 px; ``--paper`` adds ``--paper-presets``, default yolor-elan, at 640) and
+batch size, ``ProxyTrainer.fit`` over ``--steps`` steps with the speed settings off (``amp``, ``channels_last``,
+``fused_optimizer``, ``cudnn_benchmark`` false) and/or on (``--settings``; the defaults: fp16 autocast with
+gradient scaling, fused AdamW, cuDNN autotuning, channels-last where it helps (not on CUDA); pinned host batches
+and loader workers are ``auto``, i.e. on for CUDA). The GPU utilisation is the mean of ``nvidia-smi`` samples
+every 100 ms during the fit ("n/a" without nvidia-smi); memory is torch's peak allocation. The batch that fills
+the card is where images/s stops growing.
 
     .venv/bin/python benchmarks/gpu_training_throughput.py [--device cuda] [--batches 16 64 128] [--steps 60]
-        [--presets yolor-elan-nano ...] [--paper]
+        [--presets yolor-elan-nano ...] [--paper [--paper-presets yolor-elan ...] [--paper-batches 16 32]]
+        [--settings off|on|both] [--parse-only]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import datetime, timezone
 import torch
 
 from gpnas.experiments import stages
+from gpnas.search_space.errors import GpnasError
 from gpnas.search_space.presets import get_preset
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.proxy import ProxyTrainer
@@ -79,27 +82,46 @@ def run(name: str, img: int, batch: int, knobs: dict[str, bool], device: str, st
     return fit.images_per_second, util.mean(), memory
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--presets", nargs="+", default=list(NANO))
+    parser.add_argument("--presets", nargs="+", default=list(NANO), help="trained at 160 px")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--paper", action="store_true", help="also yolor-elan at 640 (batch 16 and 32)")
-    args = parser.parse_args()
+    parser.add_argument("--paper", action="store_true", help="also the --paper-presets at 640")
+    parser.add_argument("--paper-presets", nargs="+", default=["yolor-elan"])
+    parser.add_argument("--paper-batches", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--settings", choices=["off", "on", "both"], default="both",
+                        help="the speed settings: off, on (AMP, fused AdamW, cuDNN autotuning) or both")
+    parser.add_argument("--parse-only", action="store_true", help="check the arguments and exit")
+    args = parser.parse_args(argv)
+    try:
+        for name in (*args.presets, *args.paper_presets):
+            get_preset(name)
+    except GpnasError as err:
+        parser.error(str(err))
+    return args
+
+
+def main() -> None:
+    args = parse()
+    jobs = [(p, 160, b) for p in args.presets for b in args.batches]
+    if args.paper:
+        jobs += [(p, 640, b) for p in args.paper_presets for b in args.paper_batches]
+    settings = [(name, knobs) for name, knobs in (("off", OFF), ("on", {})) if args.settings in (name, "both")]
+    if args.parse_only:
+        print(f"arguments accepted: {len(jobs)} (preset, size, batch) × {[name for name, _ in settings]}")
+        return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device visible to torch: run with --device cpu, or on a GPU machine")
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     print(f"# GPU training throughput · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {name} · "
           f"torch {torch.__version__} · {args.steps} steps per fit (first steps included)")
     print(f"{'preset':16s} {'img':>4s} {'batch':>5s} {'speed':5s} {'img/s':>8s} {'GPU util':>8s} {'mem GiB':>8s}")
-    jobs = [(p, 160, b) for p in args.presets for b in args.batches]
-    if args.paper:
-        jobs += [("yolor-elan", 640, b) for b in (16, 32)]
     datasets: dict[int, ProxyData] = {}
     for preset, img, batch in jobs:
         data = datasets.setdefault(img, ProxyData.digits(img_size=img))
-        for setting, knobs in (("off", OFF), ("on", {})):
+        for setting, knobs in settings:
             try:
                 ips, util, mem = run(preset, img, batch, knobs, args.device, args.steps, data)
             except torch.OutOfMemoryError:

@@ -11,7 +11,12 @@ one process, run alone:
 4. with a CPU-burning process beside it (busy on every core): prediction again (the table is only read: no timing)
    and an end-to-end measurement, each ranked against the quiet reference.
 
-    python benchmarks/latency_predictor.py [--n 24] [--device cpu]
+    python benchmarks/latency_predictor.py [--n 24] [--device cpu] [--dtype fp32] [--img N] [--warmup-seconds S]
+        [--no-load] [--parse-only]
+
+``--warmup-seconds`` sets the protocol's sustained warm-up (2 s by default on CUDA, paid by every end-to-end
+measurement: 8 calibration networks × 3 rounds, then 4 measurements per candidate); ``--no-load`` skips step 4
+(benchmarks/gpu_check.sh uses both to fit its time budget).
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import argparse
 import multiprocessing
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -76,22 +83,44 @@ def _stats(pred: np.ndarray, ref: np.ndarray) -> str:
             f"Spearman ρ {rho:.3f} · mean |error| {np.mean(np.abs(err)):.1%} · max |error| {np.max(np.abs(err)):.1%}")
 
 
-def main() -> None:
+def _parse() -> tuple[argparse.Namespace, Any]:
+    """The arguments and the demo config with the protocol they declare (validated)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--img", type=int, default=None, help="input size (default: the demo space's, 160)")
+    parser.add_argument("--warmup-seconds", type=float, default=None, help="default: the protocol's")
+    parser.add_argument("--no-load", action="store_true", help="skip the measurements under CPU load (step 4)")
+    parser.add_argument("--parse-only", action="store_true", help="check the arguments and the protocol, and exit")
     args = parser.parse_args()
 
     from gpnas.experiments.config import load_config
+
+    overrides = [f"latency.device={args.device}", f"latency.dtype={args.dtype}"]
+    if args.warmup_seconds is not None:
+        overrides.append(f"latency.warmup_seconds={args.warmup_seconds}")
+    return args, load_config("demo", overrides)
+
+
+def _commit() -> str:
+    if shutil.which("git") is None:
+        return "?"
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
+
+
+def main() -> None:
+    args, cfg = _parse()
+    if args.parse_only:
+        print(f"arguments accepted: {cfg.latency.protocol(img_size=args.img or 160)}")
+        return
+
     from gpnas.objectives.latency import cpu_name, measure_latency
     from gpnas.objectives.latency_table import LatencyTable
     from gpnas.search_space.builder import build_detector
 
-    cfg = load_config("demo", [f"latency.device={args.device}", f"latency.dtype={args.dtype}"])
     specs = [s.replace(img_size=args.img) if args.img else s for s in candidates(args.n)]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = _commit()
     print(f"gpnas latency predictor · {time.strftime('%Y-%m-%d %H:%M')} · commit {commit} · {cpu_name()}, "
           f"{os.cpu_count()} cores · torch {__import__('torch').__version__} · Python {platform.python_version()}")
     base = cfg.latency.protocol(img_size=specs[0].img_size)
@@ -115,6 +144,8 @@ def main() -> None:
             print(f"{s.arch_id:<14}{s.block:<10}{s.neck:<10}{p.n_layers:>7}{q:>10.3f}{p.ms:>10.3f}"
                   f"{(p.ms - q) / q:>+8.1%}")
         print(f"\nquiet: prediction vs end-to-end   {_stats(predicted, quiet)}")
+        if args.no_load:
+            return
         procs = burner(600)
         time.sleep(2)
         try:

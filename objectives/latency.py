@@ -10,7 +10,10 @@ How a figure is taken (see DESIGN.md, "Decisions" and "Traps"):
   mode under ``torch.inference_mode()`` on an input ``Tensor[batch, 3, img_size, img_size]``.
 * CUDA: ``cudnn.benchmark`` on (restored afterwards), a sustained warm-up of at least ``warmup`` iterations
   *and* ``warmup_seconds`` seconds so clocks settle, then CUDA events around each repeat of
-  ``iters_per_repeat`` passes.
+  ``iters_per_repeat`` passes. With ``cuda_graph`` the pass is captured once in a CUDA graph and each iteration
+  replays it: the figure is then the GPU's work without Python's per-kernel launches, which at batch 1 take about
+  as long as the kernels and carry most of the run-to-run spread (what a deployment runtime that captures graphs
+  sees; the eager figure is what a PyTorch program sees).
 * CPU: ``protocol.threads`` threads (restored afterwards), ``time.perf_counter_ns`` around each repeat, and a
   machine-wide ``fcntl.flock`` held through warm-up and measurement so concurrent trials on one machine
   (separate processes, e.g. Ray workers) never time each other's load. The lock file is
@@ -98,6 +101,7 @@ class LatencyProtocol:
         iters_per_repeat: forward passes inside one timed repeat.
         channels_last: run model and input in ``torch.channels_last`` memory format.
         threads: CPU intra-op threads during measurement (ignored on CUDA).
+        cuda_graph: CUDA only: time replays of the pass captured in a CUDA graph (see the module docstring).
     """
 
     device: str = "cpu"
@@ -110,6 +114,7 @@ class LatencyProtocol:
     iters_per_repeat: int = 3
     channels_last: bool = False
     threads: int = 1
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
@@ -128,9 +133,15 @@ class LatencyProtocol:
         for name, minimum in (("batch", 1), ("img_size", 1), ("warmup", 0), ("repeats", 1),
                               ("iters_per_repeat", 1), ("threads", 1)):
             _check_int(name, getattr(self, name), minimum)
-        if not isinstance(self.channels_last, bool):
+        for name in ("channels_last", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise LatencyProtocolError(
+                    f"LatencyProtocol.{name}={getattr(self, name)!r} is not allowed: use true or false."
+                )
+        if self.cuda_graph and self.device == "cpu":
             raise LatencyProtocolError(
-                f"LatencyProtocol.channels_last={self.channels_last!r} is not allowed: use true or false."
+                "LatencyProtocol.cuda_graph=True is not allowed on device='cpu' (a CUDA graph replays GPU "
+                "kernels): use a CUDA device, or cuda_graph false."
             )
         seconds = self.warmup_seconds
         if seconds is None:
@@ -325,6 +336,20 @@ def _time_cpu(model: nn.Module, x: torch.Tensor, protocol: LatencyProtocol) -> t
     return samples, waited
 
 
+def _captured(model: nn.Module, x: torch.Tensor) -> Any:
+    """One forward pass of ``model`` on ``x`` captured in a CUDA graph; -> the graph's replay (no arguments)."""
+    side = torch.cuda.Stream(x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):  # cuDNN picks its algorithms and the allocator settles before the capture
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(x)
+    return graph.replay
+
+
 def _time_cuda(model: nn.Module, x: torch.Tensor, protocol: LatencyProtocol) -> list[float]:
     """Per-repeat ms/iteration on CUDA, timed with CUDA events after a sustained warm-up."""
     old_benchmark = torch.backends.cudnn.benchmark
@@ -333,13 +358,14 @@ def _time_cuda(model: nn.Module, x: torch.Tensor, protocol: LatencyProtocol) -> 
     try:
         with torch.cuda.device(x.device):
             sync = torch.cuda.synchronize
-            _warm_up(lambda: model(x), protocol, sync)
+            run = _captured(model, x) if protocol.cuda_graph else (lambda: model(x))
+            _warm_up(run, protocol, sync)
             for _ in range(protocol.repeats):
                 start = torch.cuda.Event(enable_timing=True)
                 end = torch.cuda.Event(enable_timing=True)
                 start.record()
                 for _ in range(protocol.iters_per_repeat):
-                    model(x)
+                    run()
                 end.record()
                 end.synchronize()
                 samples.append(start.elapsed_time(end) / protocol.iters_per_repeat)

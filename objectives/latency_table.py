@@ -74,7 +74,9 @@ def fingerprint(protocol: LatencyProtocol) -> dict[str, Any]:
     return {"device": device, "device_type": protocol.device.split(":")[0], "torch": torch.__version__,
             "threads": protocol.threads if protocol.device == "cpu" else None, "dtype": protocol.dtype,
             "batch": protocol.batch, "channels_last": protocol.channels_last, "warmup": protocol.warmup,
-            "repeats": protocol.repeats, "iters_per_repeat": protocol.iters_per_repeat, "version": _TABLE_VERSION}
+            "repeats": protocol.repeats, "iters_per_repeat": protocol.iters_per_repeat, "version": _TABLE_VERSION,
+            # only when set, so the tables written before the field existed keep their fingerprint
+            **({"cuda_graph": True} if protocol.cuda_graph else {})}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from gpnas.objectives.latency import LatencyProtocol, LatencyResult, _warm_up, cpu_name, latency_lock
 from gpnas.search_space.errors import ConfigError, GpnasError
 
-__all__ = ["input_shape", "measure_onnx_latency", "onnx_session", "run_onnx"]
+__all__ = ["input_shape", "measure_onnx_latency", "onnx_metadata", "onnx_session", "run_onnx"]
 
 
 def _ort() -> Any:
@@ -47,6 +47,11 @@ def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
 def input_shape(session: Any) -> list[int | str]:
     """The model's input shape, a name where it is dynamic (e.g. ``['batch', 3, 'size', 'size']``)."""
     return list(session.get_inputs()[0].shape)
+
+
+def onnx_metadata(session: Any) -> dict[str, str]:
+    """The model's ``metadata_props`` (key -> value), e.g. the spec a gpnas export writes there."""
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def run_onnx(session: Any, images: torch.Tensor) -> list[torch.Tensor]:

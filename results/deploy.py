@@ -12,6 +12,10 @@ on a fixed seeded input and its raw outputs must match the fused torch model to 
 100 digits val images through the same decode + NMS + pycocotools, and the APs must agree to 3 decimals (for a
 model of the 10 digit classes; another dataset's model gets the raw check only). A
 failed check raises :class:`ExportCheckFailed` naming the output and the difference; the file is removed.
+
+An ONNX file carries its architecture: the spec YAML (``gpnas.spec``), its ``gpnas.arch_id`` and whether the graph
+decodes (``gpnas.decode``) are written into the model's ``metadata_props``, so the file alone rebuilds the torch
+model it was exported from (`gpnas latency FILE.onnx --mode both` predicts it from the per-layer table).
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from torch import nn
 from gpnas.search_space.errors import ConfigError, GpnasError
 from gpnas.search_space.spec import ArchSpec
 
-__all__ = ["ATOL", "DEFAULT_OPSET", "FORMATS", "DeployModel", "DeployOptions", "ExportCheckFailed",
-           "compare_latency", "export_model", "verify_export"]
+__all__ = ["ARCH_ID_KEY", "ATOL", "DECODE_KEY", "DEFAULT_OPSET", "FORMATS", "SPEC_KEY", "DeployModel", "DeployOptions",
+           "ExportCheckFailed", "compare_latency", "export_model", "verify_export"]
 
 FORMATS = ("spec", "onnx", "torchscript")
 ATOL = 1e-4
@@ -38,6 +42,8 @@ ATOL = 1e-4
 VAL_IMAGES = 100
 DEFAULT_OPSET = 18
 STRIDE = 32
+#: the ONNX metadata_props keys an export writes: the spec YAML, its arch_id, and "true"/"false" for decode
+SPEC_KEY, ARCH_ID_KEY, DECODE_KEY = "gpnas.spec", "gpnas.arch_id", "gpnas.decode"
 
 
 class ExportCheckFailed(GpnasError):
@@ -131,6 +137,18 @@ def _export_onnx(model: DeployModel, path: Path, example: torch.Tensor, opts: De
         torch.onnx.export(model, (example,), str(path), dynamic_axes=dynamic, dynamo=False, **names)
 
 
+def _stamp_onnx(path: Path, spec: ArchSpec, opts: DeployOptions) -> list[str]:
+    """Write the architecture into the file's ``metadata_props`` (kept: what the exporter wrote); -> the keys."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({SPEC_KEY: spec.to_yaml(), ARCH_ID_KEY: spec.arch_id, DECODE_KEY: str(opts.decode).lower()})
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return [SPEC_KEY, ARCH_ID_KEY, DECODE_KEY]
+
+
 def _export_torchscript(model: DeployModel, path: Path, example: torch.Tensor) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer notes
@@ -147,9 +165,11 @@ def export_model(spec: ArchSpec, model: nn.Module, fmt: str, out: Path, opts: De
     deploy = DeployModel(model, decode=opts.decode)
     example = _example(opts.batch or 1, size)
     path = out / f"{spec.arch_id}.{'onnx' if fmt == 'onnx' else 'torchscript.pt'}"
+    metadata: list[str] = []
     with torch.no_grad():
         if fmt == "onnx":
             _export_onnx(deploy, path, example, opts)
+            metadata = _stamp_onnx(path, spec, opts)
         else:
             _export_torchscript(deploy, path, example)
         outputs = [tuple(o.shape) for o in _as_list(deploy(example))]
@@ -163,7 +183,8 @@ def export_model(spec: ArchSpec, model: nn.Module, fmt: str, out: Path, opts: De
     return {"format": fmt, "file": path.name, "opset": opts.opset if fmt == "onnx" else None,
             "inputs": [{"name": "images", "shape": dims, "dtype": "float32", "range": [0, 1]}],
             "outputs": [{"name": n, "shape": list(s)} for n, s in zip(deploy.output_names(), outputs, strict=True)],
-            "fused": True, "decode_in_graph": opts.decode, "nms_in_graph": False, "check": check}
+            "fused": True, "decode_in_graph": opts.decode, "nms_in_graph": False, "check": check,
+            **({"metadata_props": metadata} if metadata else {})}
 
 
 def _as_list(out: Any) -> list[torch.Tensor]:

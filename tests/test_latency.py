@@ -121,6 +121,8 @@ def test_defaults_and_warmup_seconds_resolution() -> None:
         ({"warmup": -1}, "warmup=-1"),
         ({"warmup_seconds": -1.0}, "warmup_seconds=-1.0"),
         ({"channels_last": "yes"}, "channels_last='yes'"),
+        ({"cuda_graph": 1}, "cuda_graph=1"),
+        ({"cuda_graph": True}, "cuda_graph=True is not allowed on device='cpu'"),
     ],
 )
 def test_validation_errors_name_field_and_value(kwargs: dict, fragment: str) -> None:
@@ -132,6 +134,12 @@ def test_validation_errors_name_field_and_value(kwargs: dict, fragment: str) -> 
 
 def test_fp16_allowed_on_cuda_protocol() -> None:
     assert LatencyProtocol(device="cuda", dtype="fp16").dtype == "fp16"
+
+
+def test_cuda_graph_is_declared_protocol_data() -> None:
+    protocol = LatencyProtocol(device="cuda", dtype="fp16", cuda_graph=True, iters_per_repeat=20)
+    assert protocol.to_dict()["cuda_graph"] is True and LatencyProtocol.from_dict(protocol.to_dict()) == protocol
+    assert LatencyProtocol().to_dict()["cuda_graph"] is False
 
 
 def test_from_dict_unknown_key_suggests_close_match() -> None:
@@ -189,3 +197,11 @@ def test_cuda_measurement(dtype: str) -> None:
     assert result.device_name == torch.cuda.get_device_name(0)
     assert result.lock_wait_s == 0.0
     assert torch.backends.cudnn.benchmark == old_benchmark
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replays_time_the_same_pass() -> None:
+    protocol = LatencyProtocol(device="cuda", dtype="fp16", warmup_seconds=0.2, cuda_graph=True, **SHORT)
+    result = measure_latency(TinyNet(), protocol)
+    assert result.median_ms > 0 and result.protocol.cuda_graph and len(result.samples_ms) == SHORT["repeats"]
