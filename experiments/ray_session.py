@@ -7,6 +7,7 @@ The search modules (this one, :mod:`gpnas.experiments.searcher`, :mod:`gpnas.exp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 from gpnas.results.folder import SearchFolder
 from gpnas.search_space.errors import ConfigError
 
-__all__ = ["check_resources", "cleanup_stale_ray", "import_ray", "prepare_ray", "ray_session"]
+__all__ = ["check_resources", "child_pids", "cleanup_stale_ray", "import_ray", "prepare_ray", "ray_session"]
 
 #: Tune settings a search needs: trials report gpnas' own keys (not every metric on every report), and the
 #: old console output, which the search's own progress line replaces.
@@ -41,7 +42,7 @@ def prepare_ray(address: str | None) -> None:
 
     A local search (no address) runs Ray in single-node mode: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray
     take the loopback address as the node's, so GCS, raylet, workers, agents and the driver listen on 127.0.0.1
-    only (checked against ray 2.60.0; ``_node_ip_address`` alone is re-resolved to the external address). A
+    only (checked against ray 2.60.0: ray.init's private ``_node_ip_address`` changes nothing either way). A
     cluster address is the user's explicit choice. A cluster started with `ray start` uses token auth (its token
     in ~/.ray/auth_token); a driver only presents it when RAY_AUTH_MODE=token is set before ray is imported."""
     for key, value in _TUNE_ENV.items():
@@ -57,17 +58,23 @@ def prepare_ray(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _local_ray_pids() -> list[int]:
-    """The processes of the local Ray node this driver started.
+def child_pids() -> set[int]:
+    """The process ids of this process's direct children, read from ``/proc`` (Linux; empty elsewhere).
 
-    Ray 2.60.0 has no public accessor for them: ``ray._private.worker._global_node.all_processes`` is the one
-    private attribute used (checked against ray 2.60.0); without it, nothing is recorded."""
-    import ray
-
-    node = getattr(ray._private.worker, "_global_node", None)
-    pids = []
-    for infos in getattr(node, "all_processes", {}).values():
-        pids += [info.process.pid for info in infos if getattr(info, "process", None) is not None]
+    A local ``ray.init`` starts Ray's node processes (GCS, raylet, monitors) as children of the driver, and Ray has
+    no public accessor for them: the difference of this set before and after ``ray.init`` names them."""
+    me, pids = os.getpid(), set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            # the command name (in parentheses) may hold spaces: the parent pid is the 2nd field after it
+            if int(stat.rpartition(")")[2].split()[1]) == me:
+                pids.add(int(entry.name))
     return pids
 
 
@@ -150,8 +157,10 @@ def ray_session(address: str | None, folder: SearchFolder, num_cpus: int | None 
         yield False
         return
     # never attach to a stale cluster by accident; loopback only (see prepare_ray)
-    ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
-    folder.ray_pids.write_text(json.dumps({"driver": os.getpid(), "ray": _local_ray_pids()}))
+    before = child_pids()
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    started = sorted(child_pids() - before)
+    folder.ray_pids.write_text(json.dumps({"driver": os.getpid(), "ray": started}))
     try:
         yield True
     finally:

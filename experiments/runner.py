@@ -1,4 +1,4 @@
-"""Run or resume a search: Ray Tune + OptunaSearch over the space; local Ray by default, a cluster with an address.
+"""Run or resume a search: Ray Tune + the Optuna study (ask and tell); local Ray by default, a cluster with an address.
 
 The Optuna study (SQLite in the search folder) is the single source of truth: the searcher writes every
 ending there, with its state and reason, before MLflow hears of it. ``resume`` reads the study, marks the
@@ -22,7 +22,6 @@ from gpnas.experiments.config import SearchConfig, save_config
 from gpnas.experiments.ray_session import check_resources, cleanup_stale_ray, prepare_ray, ray_session
 from gpnas.experiments.recorder import Recorder, progress_callback, stop_on_internal_error
 from gpnas.experiments.scheduler import rung_scheduler
-from gpnas.experiments.searcher import make_sampler, searcher_class, trainable
 from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder, folder_lock
 from gpnas.search_space.errors import ConfigError, SearchAborted, SearchInterrupted
@@ -61,7 +60,7 @@ def base_spec(cfg: SearchConfig, folder: SearchFolder | None = None) -> ArchSpec
 
 
 def build_space(cfg: SearchConfig, folder: SearchFolder | None = None) -> SearchSpace:
-    return SearchSpace.from_config(base_spec(cfg, folder), {k: v.model_dump() for k, v in cfg.space.genes.items()})
+    return SearchSpace.from_config(base_spec(cfg, folder), cfg.space.genes)
 
 
 def _enqueue_params(space: SearchSpace, names: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -96,15 +95,15 @@ def _open_study(cfg: SearchConfig, storage: Any, resume: bool, enqueue: list[dic
 
     study = optuna.create_study(storage=storage, study_name=cfg.name, directions=cfg.directions(),
                                 load_if_exists=True)
-    requeued = _requeue_interrupted(study) if resume else 0
+    requeued = _requeue_interrupted(study, storage) if resume else 0
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study, requeued
 
 
-def _requeue_interrupted(study: Any) -> int:
+def _requeue_interrupted(study: Any, storage: Any) -> int:
     """Trials left RUNNING (driver killed or interrupted) become ``interrupted``; their candidates run again."""
-    requeue = st.mark_interrupted(study)
+    requeue = st.mark_interrupted(study, storage)
     for params in requeue:
         study.enqueue_trial(params)
     return len(requeue)
@@ -129,8 +128,9 @@ def _tuner(cfg: SearchConfig, folder: SearchFolder, space: SearchSpace, recorder
     from ray.tune.search import ConcurrencyLimiter
 
     from gpnas.experiments.prescreen import Prescreen
+    from gpnas.experiments.searcher import GpnasSearcher, make_sampler, trainable  # imports ray: after prepare_ray
 
-    searcher = searcher_class()(
+    searcher = GpnasSearcher(
         recorder=recorder, space=space, metric=list(cfg.objectives), mode=cfg.modes(),
         sampler=make_sampler(cfg, resumed_after=resumed_after), study_name=cfg.name, storage=storage,
         prescreen=Prescreen(cfg) if cfg.prescreen.enabled else None,
@@ -161,12 +161,12 @@ def _say_where_artifacts_go(cfg: SearchConfig, tracker: MlflowTracker, console: 
                       "pass --tracking-uri http://HOST:PORT", markup=False, highlight=False)
 
 
-def _finish(cfg: SearchConfig, tracker: MlflowTracker | None, recorder: Recorder, study: Any,
+def _finish(cfg: SearchConfig, tracker: MlflowTracker | None, recorder: Recorder, study: Any, storage: Any,
             seconds: float) -> SearchOutcome:
     recs = st.records(study)
     interrupted = recorder.internal_error is None and st.finished(recs) < cfg.budget.num_trials
     if interrupted:  # Ctrl-C: what was running is re-queued now, so the study shows no ghost "running" trial
-        requeued = _requeue_interrupted(study)
+        requeued = _requeue_interrupted(study, storage)
         recs = st.records(study)
     if tracker is not None:
         tracker.finish_search(cfg.info())
@@ -237,7 +237,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | No
             if remaining <= 0:
                 console.print(f"search '{cfg.name}' has used its whole budget ({cfg.budget.num_trials} trials)",
                               markup=False)
-                return _finish(cfg, tracker, recorder, study, 0.0)  # backfills MLflow if it missed anything
+                return _finish(cfg, tracker, recorder, study, storage, 0.0)  # backfills MLflow if it missed anything
             console.print(f"search {cfg.name}: {remaining} of {cfg.budget.num_trials} trials to run"
                           + (f" ({requeued} interrupted re-queued)" if requeued else "") + f", folder {folder}",
                           markup=False)
@@ -245,4 +245,4 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, console: Console | No
             resumed_after = sum(1 for r in recs if r.state != "waiting") if resume else 0
             seconds = _fit(_tuner(cfg, folder, space, recorder, storage, remaining, st.finished(recs),
                                   resumed_after, tracker.uri if tracker is not None else None))
-        return _finish(cfg, tracker, recorder, study, seconds)
+        return _finish(cfg, tracker, recorder, study, storage, seconds)

@@ -1,6 +1,12 @@
 """The two halves of a trial in Ray Tune: the searcher in the driver (Optuna proposes, gpnas records) and the
 trainable in a worker (rebuild the candidate, evaluate it, report its result).
 
+This module is the search loop's adapter to Ray Tune and Optuna, and imports both: import it only after
+:func:`gpnas.experiments.ray_session.prepare_ray` (the runner imports it when it builds the Tuner). It uses their
+public interfaces only: Tune's ``Searcher`` (suggest / on_trial_result / on_trial_complete) and Optuna's
+ask-and-tell (``Study.ask``, ``Study.tell``, ``Trial.set_user_attr``), so a new release of either breaks loudly
+or not at all (``tests/test_public_apis.py`` checks that no private attribute is reached for).
+
 A trial ends in one of the declared states (complete, infeasible, failed with a reason, timeout, pruned);
 anything else raised inside the trainable is a bug in gpnas, not a bad candidate: the trainable reports it as
 ``gpnas_state = "error"`` with its traceback, and the driver stops the whole search (see
@@ -15,8 +21,14 @@ import tempfile
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search import Searcher
 
 from gpnas.experiments.config import SearchConfig
 from gpnas.experiments.evaluate import evaluate_candidate, failure_result
@@ -30,7 +42,7 @@ if TYPE_CHECKING:
     from gpnas.experiments.prescreen import Prescreen
     from gpnas.experiments.recorder import Recorder
 
-__all__ = ["make_sampler", "searcher_class", "trainable"]
+__all__ = ["GpnasSearcher", "Proposal", "make_sampler", "trainable"]
 
 
 #: How often the searcher asks again when the sampler proposes a candidate the study already holds, before it
@@ -43,8 +55,6 @@ def make_sampler(cfg: SearchConfig, *, resumed_after: int = 0) -> Any:
     from the seed and that count: a fresh sampler with the original seed would restart its sequence and
     propose the candidates of the first run again. The same study resumed at the same point proposes the
     same candidates."""
-    import optuna
-
     s = cfg.sampler
     seed = s.seed if s.seed is None or not resumed_after else (s.seed * 1_000_003 + resumed_after) % 2**32
     if s.type == "tpe":
@@ -68,10 +78,7 @@ def _candidate(space: SearchSpace, params: dict[str, Any]) -> ArchSpec | TrialRe
 
 
 def _run_trial(config: dict[str, Any], cfg: SearchConfig, base_json: str, weights_dir: Path) -> TrialResult:
-    from ray import tune
-
-    space = SearchSpace.from_config(ArchSpec(**json.loads(base_json)),
-                                    {k: v.model_dump() for k, v in cfg.space.genes.items()})
+    space = SearchSpace.from_config(ArchSpec(**json.loads(base_json)), cfg.space.genes)
     spec = _candidate(space, {k: v for k, v in config.items() if not k.startswith("gpnas_")})
     if isinstance(spec, TrialResult):
         return spec
@@ -84,8 +91,6 @@ def _run_trial(config: dict[str, Any], cfg: SearchConfig, base_json: str, weight
 
 def _node() -> dict[str, str]:
     """The Ray node this trial runs on: its IP address and node id."""
-    import ray
-
     return {"ip": ray.util.get_node_ip_address(), "id": ray.get_runtime_context().get_node_id()}
 
 
@@ -110,8 +115,6 @@ def trainable(config: dict[str, Any], cfg_json: str, base_json: str, weights_dir
 
     Weights are saved into the search folder's ``weights/`` when that folder is on this node (the driver's
     machine, or a shared disk); on another node they go to a temporary folder, into the run, and are deleted."""
-    from ray import tune
-
     start = time.perf_counter()
     reuse = config.get("gpnas_reuse")
     if reuse:
@@ -137,180 +140,175 @@ def trainable(config: dict[str, Any], cfg_json: str, base_json: str, weights_dir
 
 
 # ---------------------------------------------------------------------------------------------- driver side
-class _StateLivesInTheStudy:
-    """The study database is the searcher's persistent state: Tune's own pickled searcher checkpoints are not
-    used (resume reads the study), and the live searcher holds a database engine and a console."""
+@dataclass(frozen=True)
+class Proposal:
+    """One candidate the sampler proposed: its flat parameters, its spec (None when the parameters make no valid
+    spec) and the open Optuna trial that holds it."""
+
+    params: dict[str, Any]
+    spec: ArchSpec | None
+    trial: optuna.Trial
+
+    @property
+    def arch_id(self) -> str:
+        return self.spec.arch_id if self.spec is not None else "invalid"
+
+
+class GpnasSearcher(Searcher):
+    """Ray Tune's searcher of a gpnas search: it owns the search's Optuna study and drives it through Optuna's
+    ask-and-tell interface (``study.ask()``, :meth:`SearchSpace.define` on the trial, ``study.tell``), and
+    records gpnas states (pruned, infeasible, failed with a reason) through a :class:`Recorder`.
+
+    No candidate is trained twice: a proposal whose arch_id the study already holds (ended, or running now)
+    is recorded as ``duplicate`` (not counted against the budget, never told to the sampler as a result)
+    and the sampler is asked again, up to :data:`MAX_REASKS` times; after that the repeat is accepted and
+    the earlier result reused (the space is then probably exhausted).
+
+    The study database is the searcher's persistent state: a resumed search reopens the study and the sampler
+    continues from the trials it holds. Tune's own checkpoints of the searcher are therefore not written, and
+    the live searcher (a database engine, a console) pickles as a note only.
+    """
+
+    def __init__(self, *, recorder: Recorder, space: SearchSpace, study_name: str, storage: Any,
+                 sampler: optuna.samplers.BaseSampler, metric: list[str], mode: list[str],
+                 prescreen: Prescreen | None = None) -> None:
+        super().__init__(metric=metric, mode=mode)
+        # pruning is the rung scheduler's decision (recorded as PRUNED by the recorder), not Optuna's pruner's
+        self.study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                       pruner=optuna.pruners.NopPruner())
+        self.recorder = recorder
+        self.space = space
+        self.prescreen = prescreen
+        self.live: dict[str, optuna.Trial] = {}  # Tune trial id -> its open Optuna trial
+        self.queue: list[Proposal] = []  # passed the pre-screen, to train
+
+    # ------------------------------------------------------------------ Tune's Searcher interface
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any],
+                              **spec: Any) -> bool:
+        """The space and the objectives are the search's own, given at construction: Tune's are not taken."""
+        return False
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        screening = self.prescreen is not None and (
+            bool(self.queue) or self.prescreen.ready(len(self.recorder.complete_metrics())))
+        proposal = self._screened() if screening else self._propose()
+        params, trial = proposal.params, proposal.trial
+        trial.set_user_attr("tune_trial_id", trial_id)
+        self.live[trial_id] = trial
+        self.recorder.asked[trial_id] = trial
+        spec_yaml = proposal.spec.to_yaml() if proposal.spec is not None else None
+        run_id = self.recorder.started(trial_id, trial, params, spec_yaml)
+        if run_id is not None:  # the trial's node logs its weights and tables to this run
+            params = {**params, "gpnas_run_id": run_id}
+        cached = self.recorder.cached(proposal.arch_id)
+        if cached is not None:
+            params = {**params, "gpnas_reuse": cached.to_json()}
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.recorder.progress(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        trial = self.live.get(trial_id)
+        if trial is None:  # not asked here, or already told
+            return
+        self.recorder.finish(self.study, trial, trial_id, result, error)
+        del self.live[trial_id]
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to write: the state lives in the study."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to read: a resumed search reopens the study."""
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Nothing to write: the state lives in the study."""
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """Nothing to read: a resumed search reopens the study."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_gpnas_note": "state lives in the Optuna study"}
+        return {"gpnas_note": "state lives in the Optuna study"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    def save(self, checkpoint_path: str) -> None:
+    # ------------------------------------------------------------------ proposals
+    def _ask(self) -> Proposal:
+        """A new trial of the study, its genes suggested by the sampler (define-by-run)."""
+        trial = self.study.ask()
+        self.space.define(trial)
+        params = dict(trial.params)
+        try:
+            spec: ArchSpec | None = self.space.from_params(params)
+        except GpnasError:  # the trainable records the reason as the trial's failure
+            spec = None
+        proposal = Proposal(params, spec, trial)
+        trial.set_user_attr("arch_id", proposal.arch_id)
+        return proposal
+
+    def _holder(self, proposal: Proposal) -> int | None:
+        """The number of another trial that holds ``proposal``'s candidate (ended or running; an interrupted
+        trial's candidate is re-queued and a duplicate was never trained, so neither holds it), or None."""
+        if proposal.arch_id == "invalid":
+            return None
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number != proposal.trial.number and t.user_attrs.get("arch_id") == proposal.arch_id and \
+                    t.user_attrs.get("gpnas_state") not in ("interrupted", "duplicate"):
+                return t.number
         return None
 
-    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-        return None
+    def _propose(self) -> Proposal:
+        """One proposal of the sampler that the study does not hold yet: a repeat is recorded as ``duplicate``
+        and the sampler asked again."""
+        for _ in range(MAX_REASKS):
+            proposal = self._ask()
+            first = self._holder(proposal)
+            if first is None:
+                return proposal
+            proposal.trial.set_user_attr("gpnas_state", "duplicate")
+            proposal.trial.set_user_attr("reason", f"the sampler proposed {proposal.arch_id} again (trial {first} "
+                                                   "has it); it was asked for another candidate")
+            self.study.tell(proposal.trial, state=optuna.trial.TrialState.FAIL)
+        return self._ask()  # the space is probably exhausted: the repeat runs and reuses the earlier result
 
+    # ------------------------------------------------------------------ pre-screen
+    def _screened(self) -> Proposal:
+        """The next proposal that passed the pre-screen: a round asks the sampler for ``candidates``
+        proposals, trains the best ``keep`` (queued) and records the rest as ``screened``."""
+        if not self.queue:
+            self._screen_round()
+        if not self.queue:  # no proposal of the round could be measured
+            return self._propose()
+        return self.queue.pop(0)
 
-def searcher_class() -> type:
-    """Ray's OptunaSearch, recording gpnas states through a :class:`Recorder` (built lazily: imports ray)."""
-    from ray.tune.search.optuna import OptunaSearch
+    def _screen_round(self) -> None:
+        from gpnas.experiments.prescreen import Scored
 
-    class GpnasOptunaSearch(_StateLivesInTheStudy, OptunaSearch):
-        """OptunaSearch that records gpnas states (pruned, infeasible, failed with reason) and reuses results of
-        an arch_id evaluated before.
-
-        OptunaSearch keeps its asked trials, its study and the trials it has told in private attributes
-        (``_ot_trials``, ``_ot_study``, ``_completed_trials``; checked against ray 2.60.0) and has no public
-        accessor for them: :meth:`_asked`, :meth:`_forget`, :meth:`_study`, :meth:`_told` and :meth:`_screened`
-        are the only places that touch them.
-
-        No candidate is trained twice: a proposal whose arch_id the study already holds (ended, or running now)
-        is recorded as ``duplicate`` (not counted against the budget, never told to the sampler as a result)
-        and the sampler is asked again, up to :data:`MAX_REASKS` times; after that the repeat is accepted and
-        the earlier result reused (the space is then probably exhausted).
-        """
-
-        def __init__(self, *, recorder: Recorder, space: SearchSpace, prescreen: Prescreen | None = None,
-                     **kwargs: Any) -> None:
-            self.recorder = recorder
-            self.gp_space = space
-            self.prescreen = prescreen
-            self.queue: list[tuple[str, dict[str, Any], ArchSpec | None]] = []  # passed the pre-screen, to train
-            super().__init__(space=space.define, **kwargs)
-
-        def _asked(self, trial_id: str) -> Any | None:
-            return self._ot_trials.get(trial_id)
-
-        def _forget(self, trial_id: str) -> None:
-            self._ot_trials.pop(trial_id, None)
-
-        def _study(self) -> Any:
-            return self._ot_study
-
-        def _taken(self, ot_trial: Any) -> dict[str, int]:
-            """arch_id -> trial number, for the candidates the study holds other than ``ot_trial``'s (ended or
-            running; an interrupted trial's candidate is re-queued, so it is not taken)."""
-            taken: dict[str, int] = {}
-            for t in self._study().get_trials(deepcopy=False):
-                arch = t.user_attrs.get("arch_id")
-                if t.number == ot_trial.number or arch in (None, "invalid", "unknown") or \
-                        t.user_attrs.get("gpnas_state") in ("interrupted", "duplicate"):
-                    continue
-                taken.setdefault(arch, t.number)
-            return taken
-
-        def _told(self) -> set[str]:
-            return self._completed_trials
-
-        def _spec(self, params: dict[str, Any]) -> ArchSpec | None:
-            try:
-                return self.gp_space.from_params(params)
-            except GpnasError:
-                return None
-
-        def _propose(self, trial_id: str) -> tuple[dict[str, Any] | None, ArchSpec | None, Any]:
-            """One proposal of the sampler under ``trial_id`` that the study does not hold yet (a repeat is
-            recorded as ``duplicate`` and the sampler asked again); -> (params, spec or None, Optuna trial)."""
-            import optuna
-
-            for attempt in range(MAX_REASKS + 1):
-                params = super().suggest(trial_id)
-                if not isinstance(params, dict):
-                    return params, None, None
-                spec, ot_trial = self._spec(params), self._asked(trial_id)
-                arch_id = spec.arch_id if spec is not None else "invalid"
-                first = self._taken(ot_trial).get(arch_id)
-                ot_trial.set_user_attr("arch_id", arch_id)
-                if first is None or arch_id == "invalid" or attempt == MAX_REASKS:
-                    break
-                ot_trial.set_user_attr("gpnas_state", "duplicate")
-                ot_trial.set_user_attr("reason", f"the sampler proposed {arch_id} again (trial {first} has it); "
-                                                 "it was asked for another candidate")
-                self._study().tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-                self._forget(trial_id)
-            return params, spec, ot_trial
-
-        def _screened(self, trial_id: str) -> tuple[dict[str, Any] | None, ArchSpec | None, Any]:
-            """The next proposal that passed the pre-screen: a round asks the sampler for ``candidates``
-            proposals, trains the best ``keep`` (queued) and records the rest as ``screened``."""
-            if not self.queue:
-                self._screen_round(trial_id)
-            if not self.queue:  # the sampler had nothing to propose
-                return self._propose(trial_id)
-            key, params, spec = self.queue.pop(0)
-            self._ot_trials[trial_id] = self._ot_trials.pop(key)
-            return params, spec, self._asked(trial_id)
-
-        def _screen_round(self, trial_id: str) -> None:
-            import optuna
-
-            from gpnas.experiments.prescreen import Scored
-
-            settings, proposals = self.prescreen.settings, []
-            for i in range(settings.candidates):
-                key = f"{trial_id}-screen{i}"
-                params, spec, ot_trial = self._propose(key)
-                if not isinstance(params, dict):
-                    break
-                proposals.append((key, params, spec, ot_trial))
-            scored = [Scored(spec) for _, _, spec, _ in proposals]
-            self.recorder.console.print(f"[dim]pre-screen: measuring {len(proposals)} proposals without training[/]")
-            for s, (_, params, _, _) in zip(scored, proposals, strict=True):
-                try:  # parameters that make no valid spec raise here, with the reason
-                    s.metrics = self.prescreen.measure(s.spec or self.gp_space.from_params(params))
-                except GpnasError as err:  # a candidate that cannot be built or measured: not trained
-                    s.error = f"{type(err).__name__}: {err}"
-            order = self.prescreen.score(scored, self.recorder.complete_metrics())
-            for place, i in enumerate(order):
-                key, params, spec, ot_trial = proposals[i]
-                s = scored[i]
-                ot_trial.set_user_attr("screen_score", s.score)
-                ot_trial.set_user_attr("screen_rank", s.rank)
-                ot_trial.set_user_attr("screen_metrics", s.metrics)
-                if s.predicted_ap is not None:
-                    ot_trial.set_user_attr("screen_predicted_ap", s.predicted_ap)
-                if place < settings.keep and s.error is None:
-                    self.queue.append((key, params, spec))
-                    continue
-                ot_trial.set_user_attr("gpnas_state", "screened")
-                ot_trial.set_user_attr("reason", self.prescreen.reason(s, len(proposals)))
-                self._study().tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-                self._forget(key)
-            kept = ", ".join(spec.arch_id for _, _, spec in self.queue if spec is not None)
-            self.recorder.console.print(f"[dim]pre-screen: training {kept} ({len(proposals) - len(self.queue)} "
-                                        "screened out)[/]")
-
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            if self.prescreen is not None and (self.queue or self.prescreen.ready(
-                    len(self.recorder.complete_metrics()))):
-                params, spec, ot_trial = self._screened(trial_id)
-            else:
-                params, spec, ot_trial = self._propose(trial_id)
-            if not isinstance(params, dict):
-                return params
-            arch_id = spec.arch_id if spec is not None else "invalid"
-            ot_trial.set_user_attr("arch_id", arch_id)
-            ot_trial.set_user_attr("tune_trial_id", trial_id)
-            self.recorder.asked[trial_id] = ot_trial
-            run_id = self.recorder.started(trial_id, ot_trial, params, spec.to_yaml() if spec is not None else None)
-            if run_id is not None:  # the trial's node logs its weights and tables to this run
-                params = {**params, "gpnas_run_id": run_id}
-            cached = self.recorder.cached(arch_id)
-            if cached is not None:
-                params = {**params, "gpnas_reuse": cached.to_json()}
-            return params
-
-        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-            self.recorder.progress(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-            ot_trial = self._asked(trial_id)
-            if trial_id in self._told() or ot_trial is None:
-                return
-            self.recorder.finish(self._study(), ot_trial, trial_id, result, error)
-            self._told().add(trial_id)
-
-    return GpnasOptunaSearch
+        assert self.prescreen is not None
+        settings = self.prescreen.settings
+        proposals = [self._propose() for _ in range(settings.candidates)]
+        scored = [Scored(p.spec) for p in proposals]
+        self.recorder.console.print(f"[dim]pre-screen: measuring {len(proposals)} proposals without training[/]")
+        for s, p in zip(scored, proposals, strict=True):
+            try:  # parameters that make no valid spec raise here, with the reason
+                s.metrics = self.prescreen.measure(s.spec or self.space.from_params(p.params))
+            except GpnasError as err:  # a candidate that cannot be built or measured: not trained
+                s.error = f"{type(err).__name__}: {err}"
+        order = self.prescreen.score(scored, self.recorder.complete_metrics())
+        for place, i in enumerate(order):
+            trial, s = proposals[i].trial, scored[i]
+            trial.set_user_attr("screen_score", s.score)
+            trial.set_user_attr("screen_rank", s.rank)
+            trial.set_user_attr("screen_metrics", s.metrics)
+            if s.predicted_ap is not None:
+                trial.set_user_attr("screen_predicted_ap", s.predicted_ap)
+            if place < settings.keep and s.error is None:
+                self.queue.append(proposals[i])
+                continue
+            trial.set_user_attr("gpnas_state", "screened")
+            trial.set_user_attr("reason", self.prescreen.reason(s, len(proposals)))
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        kept = ", ".join(p.arch_id for p in self.queue if p.spec is not None)
+        self.recorder.console.print(f"[dim]pre-screen: training {kept} ({len(proposals) - len(self.queue)} "
+                                    "screened out)[/]")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpnas.objectives.definitions import get_objective
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import COUNTED_STATES, TrialRecord, TrialResult
 from gpnas.search_space.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = ["counts", "finished", "load_study", "mark_interrupted", "open_storage", "records", "set_refined",
            "tell_result", "trial_record"]
@@ -46,7 +49,7 @@ def load_study(folder: SearchFolder | Path, name: str) -> Any:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        where = folder.study_db if isinstance(folder, SearchFolder) else Path(folder) / "study.db"
+        where = SearchFolder(folder).study_db
         raise ConfigError(f"{where} holds no study '{name}': the search never started (a failed start leaves no "
                           "results); run `gpnas search` again") from None
 
@@ -144,30 +147,23 @@ def _told_value(objective: str, value: float, state: str) -> float:
     return value
 
 
-def mark_interrupted(study: Any) -> list[dict[str, Any]]:
+def mark_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     """Trials left RUNNING by a killed driver: mark them FAIL ('interrupted') and return their params so the
-    resumed search evaluates them again. WAITING (enqueued) trials stay: the next ``ask`` takes them."""
+    resumed search evaluates them again. WAITING (enqueued) trials stay: the next ``ask`` takes them.
+
+    ``storage`` is the study's storage (the one it was opened with, e.g. :func:`open_storage`): a trial another
+    (dead) process asked for has no ``Trial`` handle here, and ``Study.tell`` cannot set user attributes, so
+    its row is written through the storage's public interface, found by study name and trial number."""
     import optuna
 
+    study_id = storage.get_study_id_from_name(study.study_name)
     requeue = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.params:
             requeue.append(dict(t.params))
-        _end_foreign_trial(study, t, {"gpnas_state": "interrupted",
-                                      "reason": "the search driver stopped before this trial ended; its candidate "
-                                                "was re-queued on resume"})
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "gpnas_state", "interrupted")
+        storage.set_trial_user_attr(trial_id, "reason", "the search driver stopped before this trial ended; its "
+                                                        "candidate was re-queued on resume")
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
     return requeue
-
-
-def _end_foreign_trial(study: Any, trial: Any, attrs: dict[str, str]) -> None:
-    """Set attributes on, and FAIL, a RUNNING trial that another (dead) process asked for.
-
-    Optuna 5.0.0 has no public API for it (``Study.tell`` cannot set user attributes, and a ``Trial`` handle
-    needs the private trial id), so this is the one place that uses ``Study._storage`` and
-    ``FrozenTrial._trial_id`` (checked against optuna 5.0.0)."""
-    import optuna
-
-    storage, trial_id = study._storage, trial._trial_id
-    for key, value in attrs.items():
-        storage.set_trial_user_attr(trial_id, key, value)
-    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)

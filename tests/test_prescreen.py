@@ -49,7 +49,7 @@ def test_the_searcher_trains_the_best_proposal_and_records_the_rest(tmp_path: Pa
 
     from gpnas.experiments.recorder import Recorder
     from gpnas.experiments.runner import build_space
-    from gpnas.experiments.searcher import make_sampler, searcher_class
+    from gpnas.experiments.searcher import GpnasSearcher, make_sampler
     from gpnas.results import study as st
 
     monkeypatch.setenv("GPNAS_CACHE", str(tmp_path / "cache"))
@@ -61,9 +61,9 @@ def test_the_searcher_trains_the_best_proposal_and_records_the_rest(tmp_path: Pa
     storage = st.open_storage(folder)
     optuna.create_study(storage=storage, study_name=cfg.name, directions=cfg.directions())
     recorder = Recorder(cfg, folder, None, Console(file=open(tmp_path / "console.txt", "w")))  # noqa: SIM115
-    searcher = searcher_class()(recorder=recorder, space=build_space(cfg), metric=list(cfg.objectives),
-                                mode=cfg.modes(), sampler=make_sampler(cfg), study_name=cfg.name, storage=storage,
-                                prescreen=Prescreen(cfg))
+    searcher = GpnasSearcher(recorder=recorder, space=build_space(cfg), metric=list(cfg.objectives),
+                             mode=cfg.modes(), sampler=make_sampler(cfg), study_name=cfg.name, storage=storage,
+                             prescreen=Prescreen(cfg))
     first, second = searcher.suggest("t1"), searcher.suggest("t2")
     assert isinstance(first, dict) and isinstance(second, dict)
     recs = st.records(st.load_study(folder, cfg.name))
