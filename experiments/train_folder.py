@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from gpnas.search_space.errors import ConfigError, DataError
+from gpnas.search_space.sections import from_mapping, to_mapping
 from gpnas.search_space.spec import ArchSpec
 from gpnas.trainers.datasets import ProxyData
-from gpnas.trainers.loss import LossHyp
 from gpnas.trainers.train_config import TrainConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainFolder", "atomic_save", "config_from_dict", "config_to_dict",
@@ -67,13 +67,12 @@ def _atomic_text(path: Path, text: str) -> None:
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """The config as JSON-able values (``train_config.json``, the checkpoint, MLflow params)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    return to_mapping(config)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    fields = {**data, "hyp": LossHyp(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["hyp"].items()}),
-              "eval_steps": tuple(data.get("eval_steps", ()))}
-    return TrainConfig(**fields)
+    """What :func:`config_to_dict` wrote, read back the way a search config's ``train`` section is."""
+    return from_mapping(TrainConfig, data, section="train")
 
 
 def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any], *, source: Path) -> TrainConfig:

@@ -1,9 +1,9 @@
 """SearchSpace: which genes vary, over what, under which conditions (STYLE.md 3). No torch import.
 
-``define(trial)`` is define-by-run over an Optuna trial (what Ray's OptunaSearch calls); ``from_params`` turns the
-flat parameters it produced back into an ArchSpec; ``suggest(trial)`` does both. Conditions: the CSP genes are
-sampled only for ``block: csp``, the residual mask for ``residual`` and ``csp``, the ELAN stacks only for ``elan``,
-and the neck stacks only for the ``elan-pan`` neck. Sampling computes nothing.
+``define(trial)`` is define-by-run over an Optuna trial (the searcher calls it on each asked trial);
+``from_params`` turns the flat parameters it produced back into an ArchSpec; ``suggest(trial)`` does both.
+Conditions: the CSP genes are sampled only for ``block: csp``, the residual mask for ``residual`` and ``csp``,
+the ELAN stacks only for ``elan``, and the neck stacks only for the ``elan-pan`` neck. Sampling computes nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import difflib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from gpnas.search_space.errors import ConfigError
+from gpnas.search_space.sections import from_mapping, is_number
 from gpnas.search_space.spec import NUM_STAGES, PER_STAGE, ArchSpec
 
 #: gene -> (condition gene, values under which it is active)
@@ -44,17 +45,49 @@ class TrialLike(Protocol):
 
 @dataclass(frozen=True)
 class Gene:
-    """choices, a numeric range (low, high, step, log, integer) or a fixed value; optionally per stage."""
+    """One gene of the space, and one entry of a search config's ``space.genes``: ``choices``, a numeric
+    ``range`` [low, high] (with ``step`` / ``log``) or a ``fixed`` value. ``per_stage: true`` samples one value per
+    backbone stage (P2..P5) instead of one for all. ``integer`` (not a config key) samples whole numbers: set by
+    :meth:`SearchSpace.from_config` when the base's value is an int and the range is whole."""
 
     name: str
     choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
+    range: tuple[float, float] | None = None
     step: float | None = None
     log: bool = False
-    integer: bool = False
     fixed: Any = None
     per_stage: bool = False
+    integer: bool = False
+
+    def __post_init__(self) -> None:
+        key = f"space.genes.{self.name}"
+        kinds = [k for k in ("choices", "range", "fixed") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ConfigError(f"{key}: give exactly one of choices, range or fixed (got {kinds or 'none'})")
+        if self.choices is not None:
+            if not isinstance(self.choices, (list, tuple)):
+                raise ConfigError(f"{key}.choices must be a list of values, got {self.choices!r}")
+            if not self.choices:
+                raise ConfigError(f"{key}.choices must not be empty; list the values to sample from (or give "
+                                  "fixed: for one value)")
+            object.__setattr__(self, "choices", tuple(self.choices))
+        if self.range is not None:
+            self._check_range(key)
+        if self.step is not None and not (is_number(self.step) and self.step > 0):
+            raise ConfigError(f"{key}.step must be a positive number, or null for a continuous range; got "
+                              f"{self.step!r}")
+        for flag in ("log", "per_stage", "integer"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{key}.{flag} must be true or false, got {getattr(self, flag)!r}")
+
+    def _check_range(self, key: str) -> None:
+        bounds = self.range
+        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(is_number(b) for b in bounds)):
+            raise ConfigError(f"{key}.range must be two numbers [low, high], got {bounds!r}")
+        low, high = float(bounds[0]), float(bounds[1])
+        if low > high:
+            raise ConfigError(f"{key}.range {[low, high]} must be [low, high] with low <= high; swap the two")
+        object.__setattr__(self, "range", (low, high))
 
     @property
     def param_names(self) -> list[str]:
@@ -74,20 +107,22 @@ class Gene:
     def sample(self, trial: TrialLike, param: str) -> Any:
         if self.choices is not None:
             return self.decode(trial.suggest_categorical(param, [self.encode(c) for c in self.choices]))
-        assert self.low is not None and self.high is not None
+        assert self.range is not None
+        low, high = self.range
         if self.integer:
-            return trial.suggest_int(param, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(param, self.low, self.high, step=self.step, log=self.log)
+            return trial.suggest_int(param, int(low), int(high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(param, low, high, step=self.step, log=self.log)
 
     def allows(self, value: Any) -> bool:
         if self.choices is not None:
             return self.encode(value) in [self.encode(c) for c in self.choices]
-        if self.low is None or self.high is None:
+        if self.range is None:
             return value == self.fixed
-        if not (self.low - 1e-9 <= value <= self.high + 1e-9):
+        low, high = self.range
+        if not (low - 1e-9 <= value <= high + 1e-9):
             return False
         if self.step:
-            k = (value - self.low) / self.step
+            k = (value - low) / self.step
             return math.isclose(k, round(k), abs_tol=1e-6)
         return True
 
@@ -95,11 +130,20 @@ class Gene:
         stage = " per stage" if self.per_stage else ""
         if self.choices is not None:
             return f"{self.name}: one of {list(self.choices)}{stage}"
-        if self.low is None:
+        if self.range is None:
             return f"{self.name}: fixed {self.fixed!r}"
         step = f" step {self.step}" if self.step else ""
-        low, high = (int(self.low), int(self.high)) if self.integer else (self.low, self.high)
+        low, high = (int(self.range[0]), int(self.range[1])) if self.integer else self.range
         return f"{self.name}: {'int' if self.integer else 'float'} in [{low}, {high}]{step}{stage}"
+
+
+def genes_from_config(genes: Any) -> dict[str, Gene]:
+    """The ``space.genes`` mapping of a search config (gene name -> its keys) as Genes; ConfigError naming
+    ``space.genes.<name>.<key>`` for an unknown key or a value a Gene refuses."""
+    if not isinstance(genes, Mapping):
+        raise ConfigError(f"space.genes must be a mapping of gene name -> choices, range or fixed, got {genes!r}")
+    return {str(name): from_mapping(Gene, gene, section=f"space.genes.{name}", exclude=("name", "integer"),
+                                    name=str(name)) for name, gene in genes.items()}
 
 
 class SearchSpace:
@@ -112,29 +156,25 @@ class SearchSpace:
                 close = difflib.get_close_matches(name, valid, n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"valid genes: {', '.join(valid)}"
                 raise ConfigError(f"space.genes: unknown gene '{name}'; {hint}")
-            if gene.per_stage and name not in PER_STAGE:
+            if gene.per_stage and gene.fixed is None and name not in PER_STAGE:
                 raise ConfigError(f"space.genes.{name}: per_stage is only for {', '.join(PER_STAGE)}")
         self.base = base
         self.genes = dict(genes)
 
     @classmethod
-    def from_config(cls, base: ArchSpec, genes: Mapping[str, Mapping[str, Any]]) -> SearchSpace:
-        """From the ``space.genes`` mapping of a search config (GeneDef dumps)."""
+    def from_config(cls, base: ArchSpec, genes: Mapping[str, Gene | Mapping[str, Any]]) -> SearchSpace:
+        """From a search config's ``space.genes`` (Genes, or their config mappings); a range samples whole
+        numbers when the base's value is an int and the range and step are whole."""
         out = {}
-        for name, d in genes.items():
-            rng = d.get("range")
-            if rng is not None:
-                low, high = rng
+        for name, gene in genes_from_config(genes).items():
+            if gene.range is not None:
                 base_value = getattr(base, name, None)
                 first = base_value[0] if isinstance(base_value, tuple) else base_value
-                integer = isinstance(first, int) and not isinstance(first, bool) and float(low).is_integer() \
-                    and float(high).is_integer() and (d.get("step") is None or float(d["step"]).is_integer())
-                out[name] = Gene(name, low=low, high=high, step=d.get("step"), log=bool(d.get("log")),
-                                 integer=integer, per_stage=bool(d.get("per_stage")))
-            elif d.get("choices") is not None:
-                out[name] = Gene(name, choices=tuple(d["choices"]), per_stage=bool(d.get("per_stage")))
-            else:
-                out[name] = Gene(name, fixed=d.get("fixed"))
+                whole = [*gene.range, *([] if gene.step is None else [gene.step])]
+                integer = isinstance(first, int) and not isinstance(first, bool) \
+                    and all(float(v).is_integer() for v in whole)
+                gene = replace(gene, integer=integer)
+            out[name] = gene
         return cls(base, out)
 
     def _active(self, name: str, values: Mapping[str, Any]) -> bool:

@@ -37,11 +37,25 @@ def test_packaged_configs_load_and_overrides_apply() -> None:
         (["latency.repeats=0"], "latency.repeats=0"),  # the latency section is the protocol's
         (["latency.warmupp=3"], "did you mean 'warmup'"),
         (["objectives=[ap, speed]"], "unknown: ['speed']"),
+        (["latency.enabeld=false"], "did you mean 'enabled'"),
+        (["train.amp=1"], "train.amp must be true or false"),
+        (["space.genes.block.choicez=[csp]"], "did you mean 'choices'"),  # each gene is the space's Gene
+        (["space.genes.depth_multiple.range=[2, 1]"], "space.genes.depth_multiple.range [2.0, 1.0] must be"),
+        (["space.genes.depth_multiple={range: [1, 2], log: maybe}"], "depth_multiple.log must be true or false"),
     ],
 )
 def test_bad_config_errors_name_the_key(overrides: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
         load_config("demo", overrides)
+
+
+def test_saved_configs_read_back_the_same() -> None:
+    from gpnas.experiments.config import SearchConfig
+
+    for name in ("demo", "paper-ablation", "coco-gpu"):
+        cfg = load_config(name, ["train.eval_steps=[2, 4]", "latency.warmup_seconds=1"])
+        assert SearchConfig(**cfg.model_dump(mode="json")) == cfg == SearchConfig(**cfg.model_dump())
+        assert cfg.latency.protocol(img_size=64).img_size == 64 and cfg.train.eval_steps == (2, 4)
 
 
 def test_search_train_defaults_match_the_benchmarked_proxy_trainer() -> None:

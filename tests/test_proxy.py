@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -329,19 +330,20 @@ def test_config_messages_name_the_search_config_key(kwargs: dict[str, float], ne
         TrainConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def test_pydantic_validates_train_config_and_refuses_unknown_keys() -> None:
-    from pydantic import TypeAdapter, ValidationError
+def test_train_config_reads_a_mapping_and_refuses_unknown_keys() -> None:
+    from gpnas.search_space.sections import from_mapping, to_mapping
 
-    adapter = TypeAdapter(TrainConfig)
-    config = adapter.validate_python({"lr": 0.01, "epochs": 3, "hyp": {"cls": 2}})
-    assert (config.lr, config.epochs, config.steps, config.hyp.cls) == (0.01, 3, None, 2.0)
-    assert adapter.validate_python({}).steps == PROXY_STEPS  # __post_init__ ran
-    for bad, key in (({"lrr": 0.01}, "lrr"), ({"hyp": {"clss": 2}}, "hyp.clss")):
-        with pytest.raises(ValidationError) as err:
-            adapter.validate_python(bad)
-        assert [".".join(map(str, e["loc"])) for e in err.value.errors()] == [key]
-    with pytest.raises(ValidationError, match=r"train\.hyp\.cls must be a finite gain"):
-        adapter.validate_python({"hyp": {"cls": -1}})
+    config = from_mapping(TrainConfig, {"lr": 0.01, "epochs": 3, "hyp": {"cls": 2}, "eval_steps": [2]}, section="train")
+    assert (config.lr, config.epochs, config.steps, config.hyp.cls, config.eval_steps) == (0.01, 3, None, 2, (2,))
+    assert from_mapping(TrainConfig, {}, section="train").steps == PROXY_STEPS  # __post_init__ ran
+    assert from_mapping(TrainConfig, to_mapping(config), section="train") == config  # the saved form reads back
+    for bad, needle in (({"lrr": 0.01}, "unknown key 'train.lrr'; did you mean 'lr'?"),
+                        ({"hyp": {"clss": 2}}, "unknown key 'train.hyp.clss'; did you mean 'cls'?"),
+                        ({"hyp": {"cls": -1}}, "train.hyp.cls must be a finite gain"),
+                        ({"seed": "x"}, "train.seed must be an integer"),
+                        ({"steps": 2.5}, "train.steps must be a whole number")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            from_mapping(TrainConfig, bad, section="train")
 
 
 def test_trainers_never_import_objectives() -> None:

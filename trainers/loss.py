@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from gpnas.search_space.errors import ConfigError, DataError
+from gpnas.search_space.sections import is_number
 
 __all__ = ["LevelTargets", "LossHyp", "YoloLoss", "bbox_ciou", "build_targets"]
 
@@ -32,13 +32,11 @@ _CELL_SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
 @dataclass(frozen=True)
 class LossHyp:
     """Loss gains before YOLOv5's training-script rescaling (``hyp.scratch-low`` values by default); ``train.hyp`` in a
-    search config (unknown keys are refused when pydantic validates it; messages name ``train.hyp.<key>``).
+    search config (its keys are read like the ``train`` section's; messages name ``train.hyp.<key>``).
 
     ``balance`` weighs the objectness loss of each level, P3 first; it needs one entry per detection level.
     ``gr`` mixes the objectness target between 1 (gr=0) and the positive's detached CIoU (gr=1).
     """
-
-    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # a plain dict: no pydantic import here
 
     box: float = 0.05
     cls: float = 0.5
@@ -51,22 +49,22 @@ class LossHyp:
     def __post_init__(self) -> None:
         for name in ("box", "cls", "obj"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
+            if not (is_number(value) and value >= 0):
                 raise ConfigError(f"train.hyp.{name} must be a finite gain >= 0, got {value!r}; "
                                   "0 switches that loss term off")
-        if not self.anchor_t > 1.0:
+        if not (is_number(self.anchor_t) and self.anchor_t > 1.0):
             raise ConfigError(f"train.hyp.anchor_t must be > 1 (a max(r, 1/r) bound on the box/anchor size "
                               f"ratio), got {self.anchor_t!r}; YOLOv5 uses 4.0")
-        if not 0.0 <= self.label_smoothing < 1.0:
+        if not (is_number(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
             raise ConfigError(f"train.hyp.label_smoothing must be in [0, 1), got {self.label_smoothing!r}; "
                               "0 is no smoothing")
-        if not 0.0 <= self.gr <= 1.0:
+        if not (is_number(self.gr) and 0.0 <= self.gr <= 1.0):
             raise ConfigError(f"train.hyp.gr must be in [0, 1], got {self.gr!r}")
-        balance = tuple(float(b) for b in self.balance)
-        if not balance or any(not (math.isfinite(b) and b > 0) for b in balance):
+        weights = self.balance if isinstance(self.balance, (list, tuple)) else ()
+        if not weights or any(not (is_number(b) and b > 0) for b in weights):
             raise ConfigError(f"train.hyp.balance must be positive weights, one per detection level (P3 first), "
                               f"got {self.balance!r}; e.g. [4.0, 1.0, 0.4] for three levels")
-        object.__setattr__(self, "balance", balance)
+        object.__setattr__(self, "balance", tuple(float(b) for b in weights))
 
     def gains(self, *, num_levels: int, num_classes: int, img_size: int) -> tuple[float, float, float]:
         """(box, obj, cls) gains after YOLOv5's training-script rescaling: ×3/nl, ×(img/640)²·3/nl, ×nc/80·3/nl."""

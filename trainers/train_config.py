@@ -4,14 +4,14 @@ budget) — also the ``train`` section of every search config — :class:`TrainB
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 from gpnas.search_space.errors import ConfigError
+from gpnas.search_space.sections import is_number, is_whole
 from gpnas.trainers.data import LoaderOptions
 from gpnas.trainers.loss import LossHyp
 
@@ -26,11 +26,6 @@ MAX_AUTO_WORKERS = 8
 def _usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float (bool is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: The default proxy budget, in optimiser steps (a work budget: the same AP on a quiet or a loaded machine), for
@@ -50,29 +45,38 @@ PROXY_HYP = LossHyp(cls=4.0)
 
 @dataclass(frozen=True)
 class TrainBudget:
-    """Stop at whichever comes first. At least one of epochs, steps, seconds must be set.
+    """Stop at whichever comes first. At least one of epochs, steps, seconds must be set. The budget keys of
+    :class:`TrainConfig` (which extends this class with the rest of the ``train`` section).
 
     ``steps`` and ``epochs`` are work budgets: the same spec, seed and budget give the same weights (and AP) on a
     quiet or a loaded machine. ``seconds`` counts training time (data loading, steps, callbacks), not the
     evaluations of the val split — "AP at equal compute", which depends on the machine and its load.
     ``max_seconds`` is a safety, not a budget: wall time (evaluations included) after which the run stops,
-    evaluates what it has and reports ``timed_out``.
+    evaluates what it has and reports ``timed_out`` (default :data:`TRIAL_MAX_SECONDS`; ``None``: no cap).
     """
 
     epochs: int | None = None
     steps: int | None = None
     seconds: float | None = None
-    max_seconds: float | None = None
+    max_seconds: float | None = TRIAL_MAX_SECONDS
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
             raise ConfigError("no training budget: set at least one of train.steps, train.epochs or train.seconds")
         # The keys are spelled out, not built from the field name, so a test can check each names a real field.
-        for key in ("train.epochs", "train.steps", "train.seconds", "train.max_seconds"):
+        for key, whole in (("train.epochs", True), ("train.steps", True), ("train.seconds", False),
+                           ("train.max_seconds", False)):
             value = getattr(self, key.removeprefix("train."))
-            if value is not None and not (_is_number(value) and value > 0):
-                raise ConfigError(f"{key} must be positive, got {value!r}; give a positive number, or null to "
-                                  "leave this limit out")
+            ok = is_whole(value, 1) if whole else is_number(value) and value > 0
+            if value is not None and not ok:
+                rule, fix = ("a whole number >= 1", "one") if whole else ("positive", "a positive number")
+                raise ConfigError(f"{key} must be {rule}, got {value!r}; give {fix}, or null to leave this limit "
+                                  "out")
+
+    @property
+    def budget(self) -> TrainBudget:
+        """The budget keys alone, as a :class:`TrainBudget`."""
+        return TrainBudget(**{f.name: getattr(self, f.name) for f in fields(TrainBudget)})
 
 
 def budget_label(*, steps: float | None = None, epochs: float | None = None, seconds: float | None = None,
@@ -83,12 +87,13 @@ def budget_label(*, steps: float | None = None, epochs: float | None = None, sec
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(TrainBudget):
     """Budget, optimiser, schedule and evaluation settings of proxy training: the ``train`` section of a search
-    config (unknown keys are refused when pydantic validates it; messages name the keys as ``train.<key>``).
+    config (read by :func:`gpnas.search_space.sections.from_mapping`, which refuses unknown keys; every value is
+    checked here, and messages name the keys as ``train.<key>``).
 
-    Budget: ``steps``, ``epochs``, ``seconds``, whichever comes first (see :class:`TrainBudget`, which
-    :attr:`budget` returns); with none of the three the budget is :data:`PROXY_STEPS` steps, so giving only
+    Budget: ``steps``, ``epochs``, ``seconds``, whichever comes first (the fields of :class:`TrainBudget`, which
+    :attr:`budget` returns alone); with none of the three the budget is :data:`PROXY_STEPS` steps, so giving only
     ``epochs`` or ``seconds`` replaces the default step budget rather than adding to it. ``max_seconds`` is the
     wall-clock cap (default :data:`TRIAL_MAX_SECONDS`; ``None``: no cap). ``dataclasses.replace`` keeps the
     other budget fields: ``replace(cfg, epochs=3)`` still holds ``steps``, so clear it there if meant.
@@ -135,12 +140,6 @@ class TrainConfig:
     ``ema`` makes :class:`ProxyTrainer` add the :class:`~gpnas.trainers.ema.EMA` callback.
     """
 
-    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # a plain dict: no pydantic import here
-
-    epochs: int | None = None
-    steps: int | None = None
-    seconds: float | None = None
-    max_seconds: float | None = TRIAL_MAX_SECONDS
     batch_size: int = 16
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 0.004
@@ -175,24 +174,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.seconds is None:
             object.__setattr__(self, "steps", PROXY_STEPS)  # frozen: the default budget is filled in once
-        self.budget  # noqa: B018 -- TrainBudget checks that each limit is positive
+        super().__post_init__()  # the budget keys
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"train.optimizer {self.optimizer!r}: choose 'sgd' or 'adamw'")
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise ConfigError(f"train.device must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got "
                               f"{self.device!r}")
+        if not isinstance(self.hyp, LossHyp):
+            raise ConfigError(f"train.hyp must be a mapping of loss gains (box, cls, obj, anchor_t, "
+                              f"label_smoothing, balance, gr), got {self.hyp!r}; leave it out for the defaults")
         for key, ok, rule in self._rules():
             if not ok:
                 default = TrainConfig.__dataclass_fields__[key].default
                 raise ConfigError(f"train.{key} must be {rule}, got {getattr(self, key)!r} (the default is "
                                   f"{default!r})")
+        object.__setattr__(self, "eval_steps", tuple(self.eval_steps))  # a YAML list, kept hashable
 
     def _rules(self) -> Iterator[tuple[str, bool, str]]:
-        """(key, value is allowed, the rule in words) for every number of the section, in field order."""
-        num = _is_number
-
-        def whole(v: Any, low: int) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+        """(key, value is allowed, the rule in words) for every key of the section but the budget, optimizer,
+        device and hyp (checked above), in field order."""
+        num, whole = is_number, is_whole
 
         yield "batch_size", whole(self.batch_size, 1), ">= 1 (images per step)"
         yield "lr", num(self.lr) and self.lr > 0, "positive"
@@ -213,10 +214,11 @@ class TrainConfig:
         yield "pin_memory", self.pin_memory == "auto" or isinstance(self.pin_memory, bool), \
             "'auto' (on CUDA only), true or false"
         yield "persistent_workers", isinstance(self.persistent_workers, bool), "true or false"
-        for key in ("amp", "channels_last", "fused_optimizer", "cudnn_benchmark"):
+        for key in ("amp", "channels_last", "fused_optimizer", "cudnn_benchmark", "ema"):
             yield key, isinstance(getattr(self, key), bool), "true or false"
         yield "prefetch_factor", self.prefetch_factor is None or whole(self.prefetch_factor, 1), \
             "an integer >= 1 (batches queued per worker), or null for torch's default (2)"
+        yield "seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "an integer (the training seed)"
         yield "eval_every", whole(self.eval_every, 1), ">= 1 (epochs)"
         yield "eval_steps", isinstance(self.eval_steps, (tuple, list)) and all(whole(s, 1) for s in self.eval_steps), \
             "a list of step counts >= 1 (extra evaluation points, e.g. successive-halving rungs)"
@@ -235,11 +237,6 @@ class TrainConfig:
         pin = cuda if self.pin_memory == "auto" else self.pin_memory
         return LoaderOptions(num_workers=int(workers), pin_memory=bool(pin),
                              persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
-
-    @property
-    def budget(self) -> TrainBudget:
-        """The four budget fields as a :class:`TrainBudget`."""
-        return TrainBudget(epochs=self.epochs, steps=self.steps, seconds=self.seconds, max_seconds=self.max_seconds)
 
     def budget_label(self) -> str:
         """The budget in words: ``300 steps``, ``2 epochs or 60 seconds``."""
