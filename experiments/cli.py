@@ -100,38 +100,19 @@ def train(
 ) -> None:
     """Proxy-train one architecture and report COCO AP, AP50, training seconds and images/s; with --out, train it
     for real: --epochs N, checkpointed every epoch, resumable, multi-GPU under torchrun."""
-    from gpnas.experiments.cli_output import err_console, literal
-    from gpnas.experiments.full_training import FullTrainRequest, check_mode_options, full_train
-    from gpnas.experiments.inspect import resolve_arch
-    from gpnas.experiments.train_one import data_config, train_candidate
+    from gpnas.experiments.cli_output import err_console, literal, print_train
+    from gpnas.experiments.train_one import train_arch
 
-    check_mode_options(out=out, resume=resume, tracking_uri=tracking_uri, no_mlflow=no_mlflow, proxy_only={
-        "--steps": steps, "--seconds": seconds, "--max-seconds": max_seconds, "--save": save})
-    if out is not None:
-        request = FullTrainRequest(
-            resolve_arch(arch), data_config(data, images, val_data, val_images), out, epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed, device=device, img=img, resume=resume, tracking_uri=tracking_uri,
-            mlflow=not no_mlflow)
-        report = full_train(request, log=lambda line: (err_console if as_json else console).print(
-            literal(line), highlight=False, soft_wrap=True))
-        if report is not None and as_json:
-            _print_json(report)
-        return
-    overrides = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
-    result = train_candidate(
-        resolve_arch(arch), data=data, images=images, val_data=val_data, val_images=val_images, epochs=epochs,
-        seconds=seconds, steps=steps, max_seconds=max_seconds, img=img, device=device or "cpu",
-        seed=0 if seed is None else seed, progress=not as_json, save=save, **overrides,
-    )
-    if as_json:
+    lines = err_console if as_json else console
+    result = train_arch(
+        arch, data=data, images=images, val_data=val_data, val_images=val_images, epochs=epochs, seconds=seconds,
+        steps=steps, max_seconds=max_seconds, img=img, device=device, seed=seed, batch_size=batch_size, lr=lr,
+        save=save, out=out, resume=resume, tracking_uri=tracking_uri, mlflow=not no_mlflow, progress=not as_json,
+        log=lambda line: lines.print(literal(line), highlight=False, soft_wrap=True))
+    if result is not None and as_json:
         _print_json(result)
-        return
-    name = result["name"] or result["arch_id"]
-    tab = table(show_header=False, title=f"proxy training of {name} on {result['data']}")
-    for key in ("ap", "ap50", "ap75", "train_seconds", "images_per_second", "epochs", "steps", "timed_out"):
-        value = result.get(key)
-        add_row(tab, key, f"{value:.4f}" if isinstance(value, float) else value)
-    console.print(tab)
+    elif result is not None and out is None:
+        print_train(result)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = ["add_row", "click_classes", "console", "err_console", "literal", "print_analysis", "print_describe",
-           "print_error", "print_fidelity", "print_json", "say", "show_click_error", "table"]
+           "print_error", "print_fidelity", "print_json", "print_train", "say", "show_click_error", "table"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -104,6 +104,16 @@ def _print_layers(rows: list[dict[str, Any]]) -> None:
     tab = table(*cols, title="per-layer gradient paths")
     for row in rows:
         add_row(tab, *(f"{row.get(c):.3g}" if isinstance(row.get(c), float) else row.get(c) for c in cols))
+    console.print(tab)
+
+
+def print_train(result: dict[str, Any]) -> None:
+    """`gpnas train` (proxy training): AP, AP50, AP75, seconds, throughput and budget used."""
+    name = result["name"] or result["arch_id"]
+    tab = table(show_header=False, title=f"proxy training of {name} on {result['data']}")
+    for key in ("ap", "ap50", "ap75", "train_seconds", "images_per_second", "epochs", "steps", "timed_out"):
+        value = result.get(key)
+        add_row(tab, key, f"{value:.4f}" if isinstance(value, float) else value)
     console.print(tab)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,21 @@ def plan_from_panel(name: str, *, config: str = "demo", overrides: tuple[str, ..
 
 
 # ------------------------------------------------------------------------------------------------ entry
-def _search_plan(search: str, root: str, overrides: tuple[str, ...], factor: float, n_seeds: int,
-                 n_reference_seeds: int, max_candidates: int) -> tuple[FidelityPlan, SearchFolder, str | None]:
-    """The plan of a finished search, its folder and its tracking URI."""
+@dataclass(frozen=True)
+class _Target:
+    """What a fidelity run measures and where it goes: its plan, its folder, the search folder (None for a
+    panel), the MLflow store (None: the folder's own) and experiment."""
+
+    plan: FidelityPlan
+    out: Path
+    search_folder: SearchFolder | None
+    tracking_uri: str | None
+    experiment: str
+
+
+def _search_target(search: str, root: str, overrides: tuple[str, ...], factor: float, n_seeds: int,
+                   n_reference_seeds: int, max_candidates: int, out: Path | None) -> _Target:
+    """A finished search's front plus a spread sample, measured in its ``fidelity/`` folder by default."""
     from gpnas.experiments.search_api import open_search
 
     if overrides:
@@ -123,7 +136,46 @@ def _search_plan(search: str, root: str, overrides: tuple[str, ...], factor: flo
     seed0 = cfg.train.seed
     plan = plan_from_search(folder, cfg, max_candidates=max_candidates, factor=factor,
                             seeds=tuple(range(seed0, seed0 + n_seeds)), reference_seeds=tuple(range(n_reference_seeds)))
-    return plan, folder, cfg.storage.tracking_uri
+    return _Target(plan, (out or folder.fidelity).resolve(), folder, cfg.storage.tracking_uri, plan.cfg.name)
+
+
+def _panel_target(panel_name: str, root: str, config: str, overrides: tuple[str, ...], factor: float,
+                  n_seeds: int, n_reference_seeds: int, out: Path | None) -> _Target:
+    """A named panel, measured in ``<root>/fidelity-<panel>`` by default (its own MLflow store)."""
+    plan = plan_from_panel(panel_name, config=config, overrides=overrides, factor=factor,
+                           seeds=tuple(range(n_seeds)), reference_seeds=tuple(range(n_reference_seeds)))
+    return _Target(plan, (out or Path(root) / f"fidelity-{panel_name}").resolve(), None, None,
+                   f"fidelity-{panel_name}")
+
+
+def _default_workers(plan: FidelityPlan) -> int:
+    """One job at a time on a GPU; on CPU as many as the search's concurrency and the cores allow."""
+    if plan.cfg.train.device.startswith("cuda"):
+        return 1
+    return max(1, min(plan.cfg.budget.max_concurrent, os.cpu_count() or 1))
+
+
+def _write_report(report: dict[str, Any], plan: FidelityPlan, out: Path) -> tuple[dict[str, Any], list[Path]]:
+    """``fidelity.json``, ``fidelity.md`` and ``scatter.png`` in ``out``; -> (the settings, the files)."""
+    from gpnas.results.fidelity_report import markdown, scatter_png
+
+    settings = {"source": plan.source, "proxy": budget_label(**plan.budget("proxy")),
+                "reference": budget_label(**plan.budget("reference")), "seeds": list(plan.seeds),
+                "reference_seeds": list(plan.reference_seeds)}
+    (out / "fidelity.json").write_text(json.dumps({"settings": settings, **report}, indent=2, default=str))
+    (out / "fidelity.md").write_text(markdown(report, settings))
+    return settings, [out / "fidelity.json", out / "fidelity.md", scatter_png(report, out / "scatter.png")]
+
+
+def _log_to_mlflow(target: _Target, report: dict[str, Any], artifacts: list[Path], settings: dict[str, Any]) -> str:
+    """The fidelity run in MLflow, under the search's run when there is one; -> its run id."""
+    from gpnas.results.tracking import MlflowTracker
+
+    home = target.search_folder or SearchFolder(target.out)  # a panel's own folder holds its MLflow store
+    tracker = MlflowTracker.open(target.tracking_uri or home.mlflow_uri, home)
+    search_folder = target.search_folder.path if target.search_folder else None
+    return tracker.log_fidelity(target.experiment, target.out, report, artifacts, settings,
+                                search_folder=search_folder)
 
 
 def run_fidelity(
@@ -145,47 +197,26 @@ def run_fidelity(
     """`gpnas fidelity`: from a finished search (its front plus a spread sample) or a named panel; trains what is
     missing, then writes ``fidelity.json``, ``fidelity.md`` and ``scatter.png`` to ``out`` and logs them to MLflow
     (under the search's run). Returns the report."""
-    from gpnas.results.fidelity_report import analyze, markdown, scatter_png
+    from gpnas.results.fidelity_report import analyze
 
     if (search is None) == (panel_name is None):
         raise ConfigError("give one of: a search (its name or folder), or --panel NAME (e.g. --panel nano)")
     if n_seeds < 1 or n_reference_seeds < 1:
         raise ConfigError(f"--seeds {n_seeds} / --reference-seeds {n_reference_seeds}: give at least 1 of each")
     if search is not None:
-        plan, search_folder, uri = _search_plan(search, root, overrides, factor, n_seeds, n_reference_seeds,
-                                                max_candidates)
-        out = out or search_folder.fidelity
-        experiment = plan.cfg.name
+        target = _search_target(search, root, overrides, factor, n_seeds, n_reference_seeds, max_candidates, out)
     else:
         assert panel_name is not None
-        plan = plan_from_panel(panel_name, config=config, overrides=overrides, factor=factor,
-                               seeds=tuple(range(n_seeds)), reference_seeds=tuple(range(n_reference_seeds)))
-        out, search_folder, uri = out or Path(root) / f"fidelity-{panel_name}", None, None
-        experiment = f"fidelity-{panel_name}"
-    out = out.resolve()
+        target = _panel_target(panel_name, root, config, overrides, factor, n_seeds, n_reference_seeds, out)
+    plan = target.plan
     if plan.cfg.train.seconds is not None:
         say("note: this budget includes train.seconds, so proxy AP depends on the machine's load; the rank "
             "statistics below move with it")
-    if workers is None:
-        workers = 1 if plan.cfg.train.device.startswith("cuda") else \
-            max(1, min(plan.cfg.budget.max_concurrent, os.cpu_count() or 1))
-    rows = run_plan(plan, out, workers=workers, say=say)
+    rows = run_plan(plan, target.out, workers=_default_workers(plan) if workers is None else workers, say=say)
     report = analyze(rows, plan.seeds)
-    settings = {"source": plan.source, "proxy": budget_label(**plan.budget("proxy")),
-                "reference": budget_label(**plan.budget("reference")), "seeds": list(plan.seeds),
-                "reference_seeds": list(plan.reference_seeds)}
-    (out / "fidelity.json").write_text(json.dumps({"settings": settings, **report}, indent=2, default=str))
-    (out / "fidelity.md").write_text(markdown(report, settings))
-    artifacts = [out / "fidelity.json", out / "fidelity.md", scatter_png(report, out / "scatter.png")]
+    settings, artifacts = _write_report(report, plan, target.out)
     if mlflow:
-        from gpnas.results.tracking import MlflowTracker
-
-        home = search_folder or SearchFolder(out)  # a panel's own folder holds its MLflow store
-        tracker = MlflowTracker(uri or home.mlflow_uri, home)
-        if tracker.uri.startswith(("http://", "https://")):
-            tracker.check_reachable()
-        report["mlflow_run_id"] = tracker.log_fidelity(experiment, out, report, artifacts, settings,
-                                                       search_folder=search_folder.path if search_folder else None)
-    report["folder"] = str(out)
+        report["mlflow_run_id"] = _log_to_mlflow(target, report, artifacts, settings)
+    report["folder"] = str(target.out)
     report["settings"] = settings
     return report

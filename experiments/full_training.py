@@ -10,12 +10,8 @@ clipping, the NaN check), ``YoloLoss``, ``ModelEMA``, the seeded loader and ``in
 step here is one proxy step. ProxyTrainer is unchanged: those functions were lifted out of it operation for
 operation.
 
-Exact continuation. ``DIR/last.pt`` (written atomically after every epoch) holds the model, the EMA (weights and
-update count, which sets its decay), the optimiser, the AMP scaler, the step and the planned total of the LR
-schedule (``lr_factor`` is a function of the step), the epoch, torch's CPU RNG (and CUDA's on a GPU), the
-per-epoch history, the best AP and its epoch, the seconds so far, the spec, the train config, the data
-fingerprint and the MLflow run. numpy's and Python's global RNGs are not used by training (augmentation draws from
-per-item generators), so they are not saved. Data order: epoch e's batches depend only on (seed, e) —
+Exact continuation: ``DIR/last.pt`` after every epoch (:mod:`~gpnas.experiments.train_checkpoint` says
+what it holds). Data order: epoch e's batches depend only on (seed, e) —
 ``SeededShuffle`` carries its generator from pass to pass and ``AugmentSeeds`` counts passes; before each epoch
 the loop calls ``loader.sampler.set_epoch(e)``, which puts both at pass e (replaying the earlier permutations when
 the sampler is new, as after a resume). On CPU a resumed run thus ends with the same weights, bit for bit, as an
@@ -33,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,16 +38,10 @@ from torch import nn
 
 from gpnas.experiments import stages
 from gpnas.experiments.distributed import Distributed
-from gpnas.experiments.train_folder import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    TrainFolder,
-    atomic_save,
-    config_to_dict,
-    data_fingerprint,
-    resolve_config,
-)
-from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator, inference_on_dataset
+from gpnas.experiments.train_checkpoint import best_state, checkpoint_state, restore_checkpoint
+from gpnas.experiments.train_folder import TrainFolder, atomic_save, data_fingerprint, resolve_config
+from gpnas.experiments.train_report import Log, final_report, open_tracker, progress_line
+from gpnas.objectives.accuracy import CocoEvaluator, inference_on_dataset
 from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 from gpnas.trainers.data import LoaderOptions, to_model_input
@@ -68,8 +57,6 @@ if TYPE_CHECKING:
     from gpnas.trainers.train_config import TrainConfig
 
 __all__ = ["FullTrainRequest", "FullTraining", "check_mode_options", "full_train"]
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -141,7 +128,7 @@ def full_train(request: FullTrainRequest, *, log: Log = print) -> dict[str, Any]
             log(f"resuming {folder.last}: epoch {training.epoch}/{config.epochs} done (step {training.step})")
         elif dist.is_main:
             folder.write_start(spec, config)
-        tracker = _open_tracker(request, training, ckpt) if dist.is_main and request.mlflow else None
+        tracker = open_tracker(request, training, ckpt) if dist.is_main and request.mlflow else None
         try:
             training.fit(tracker, log)
             report = training.finish(tracker, log) if dist.is_main else None
@@ -166,30 +153,6 @@ def _load(request: FullTrainRequest, ckpt: dict[str, Any] | None) -> tuple[ArchS
     return (spec.replace(**changes) if changes else spec), data
 
 
-def _open_tracker(request: FullTrainRequest, training: FullTraining, ckpt: dict[str, Any] | None
-                  ) -> TrainRunTracker:
-    """The run's MLflow run: the checkpoint's, reopened, with the epochs it lacks; or a new one (closing one that
-    an earlier start of this folder opened and never checkpointed)."""
-    from gpnas.results.train_tracking import TrainRunTracker
-
-    folder, spec = training.folder, training.spec
-    saved = (ckpt or {}).get("mlflow") or {}
-    uri = request.tracking_uri or saved.get("uri") or folder.default_tracking_uri
-    params = {k: v if isinstance(v, str) else json.dumps(v) for k, v in spec.to_dict().items()}
-    params.update({f"train.{k}": v if isinstance(v, str) else json.dumps(v)
-                   for k, v in config_to_dict(training.config).items()})
-    params.update(arch_id=spec.arch_id, data=training.data.name)
-    tracker = TrainRunTracker.open(uri, experiment=f"train-{spec.name or spec.arch_id}", run_name=folder.path.name,
-                                   params=params, run_id=saved.get("run_id"), artifacts=folder.mlflow_artifacts)
-    stale = folder.read_mlflow_run() if ckpt is None else None
-    if stale is not None and stale.get("tracking_uri") == uri and stale.get("run_id") != tracker.run_id:
-        tracker.close_stale(stale["run_id"])
-    folder.write_mlflow_run(uri, tracker.run_id)
-    training.mlflow = {"uri": request.tracking_uri or saved.get("uri"), "run_id": tracker.run_id}
-    tracker.log_epochs(training.history)
-    return tracker
-
-
 def _loader_options(config: TrainConfig, dist: Distributed) -> LoaderOptions:
     """The config's loader options; ``num_workers: auto`` on CUDA shares the machine's CPUs among its ranks."""
     options = config.loader_options()
@@ -198,28 +161,10 @@ def _loader_options(config: TrainConfig, dist: Distributed) -> LoaderOptions:
     return options
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
 class FullTraining:
     """One full training: model, EMA, optimiser, scaler, loader and counters; ``fit`` runs the remaining epochs,
-    ``state_dict`` / ``restore`` are the checkpoint (see the module docstring for what it holds and why)."""
+    ``state_dict`` / ``restore`` are the checkpoint (:mod:`~gpnas.experiments.train_checkpoint`), ``finish``
+    scores best.pt (the report: :mod:`~gpnas.experiments.train_report`)."""
 
     def __init__(self, spec: ArchSpec, data: ProxyData, config: TrainConfig, *, dist: Distributed,
                  device: torch.device, folder: TrainFolder, fingerprint: dict[str, Any]) -> None:
@@ -257,35 +202,11 @@ class FullTraining:
 
     # ------------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": self.epoch, "step": self.step,
-            "planned_steps": self.planned, "steps_per_epoch": len(self.loader),
-            "model": self.model.state_dict(), "ema": None if self.ema is None else self.ema.ema.state_dict(),
-            "ema_updates": 0 if self.ema is None else self.ema.updates, "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": _rng_state(self.device), "history": self.history,
-            "best_ap": self.best_ap, "best_epoch": self.best_epoch, "seconds": self.seconds,
-            "spec": self.spec.to_dict(), "arch_id": self.spec.arch_id, "train_config": config_to_dict(self.config),
-            "data": self.fingerprint, "mlflow": self.mlflow, "world_size": self.dist.world,
-            "torch": str(torch.__version__),
-        }
+        return checkpoint_state(self)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Continue from ``ckpt`` (a :meth:`state_dict`): every tensor copied in place, the counters set."""
-        if ckpt["planned_steps"] != self.planned:
-            raise ConfigError(f"{self.folder.last} planned {ckpt['planned_steps']} steps, this command "
-                              f"{self.planned}; resume with the same data and --batch-size")
-        self.model.load_state_dict(ckpt["model"])
-        if self.ema is not None:
-            self.ema.ema.load_state_dict(ckpt["ema"])
-            self.ema.updates = ckpt["ema_updates"]
-        self.opt.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.step = ckpt["epoch"], ckpt["step"]
-        self.history = list(ckpt["history"])
-        self.best_ap, self.best_epoch, self.seconds = ckpt["best_ap"], ckpt["best_epoch"], ckpt["seconds"]
-        self.mlflow = dict(ckpt["mlflow"])
-        _set_rng_state(ckpt["rng"], self.device)
+        restore_checkpoint(self, ckpt)
 
     # ------------------------------------------------------------------------------------------- the loop
     def fit(self, tracker: TrainRunTracker | None, log: Log) -> None:
@@ -300,7 +221,7 @@ class FullTraining:
                 row["seconds"] = time.perf_counter() - t0
                 self._end_epoch(row, tracker)
                 done += 1
-                log(self._progress(row, (time.perf_counter() - started) / done))
+                log(progress_line(self, row, (time.perf_counter() - started) / done))
             self.dist.barrier()
 
     def _lr(self) -> float:
@@ -346,18 +267,10 @@ class FullTraining:
         self.seconds += row["seconds"]
         if row["ap"] > self.best_ap:
             self.best_ap, self.best_epoch = row["ap"], self.epoch
-            atomic_save({"format": f"{CHECKPOINT_FORMAT}-best", "model": self.eval_model.state_dict(),
-                         "epoch": self.epoch, "metrics": row, "spec": self.spec.to_dict(),
-                         "arch_id": self.spec.arch_id, "train_config": config_to_dict(self.config)}, self.folder.best)
+            atomic_save(best_state(self, row), self.folder.best)
         atomic_save(self.state_dict(), self.folder.last)
         if tracker is not None:
             tracker.log_epochs(self.history)
-
-    def _progress(self, row: dict[str, float], mean_seconds: float) -> str:
-        left = self.config.epochs - self.epoch  # type: ignore[operator]
-        return (f"epoch {self.epoch}/{self.config.epochs}  loss {row['loss']:.4f}  val AP {row['ap']:.4f}  "
-                f"AP50 {row['ap50']:.4f}  best AP {self.best_ap:.4f} (epoch {self.best_epoch})  "
-                f"{row['seconds']:.1f} s  ETA {_duration(left * mean_seconds)}")
 
     # ------------------------------------------------------------------------------------------- the end
     def finish(self, tracker: TrainRunTracker | None, log: Log) -> dict[str, Any]:
@@ -365,17 +278,4 @@ class FullTraining:
         best = torch.load(self.folder.best, map_location=self.device, weights_only=True)
         model = copy.deepcopy(self.eval_model)
         model.load_state_dict(best["model"])
-        metrics = self._evaluate(model)
-        report = {"arch_id": self.spec.arch_id, "name": self.spec.name, "data": self.data.name,
-                  **{k: metrics[k] for k in METRIC_KEYS}, "images": len(self.data.val), "epochs": self.epoch,
-                  "steps": self.step, "best_epoch": best["epoch"], "seconds": self.seconds,
-                  "checkpoint": str(self.folder.best), "history": self.history}
-        self.folder.write_report(report)
-        if tracker is not None:
-            final = {**{k: report[k] for k in METRIC_KEYS}, "best_epoch": report["best_epoch"],
-                     "seconds": report["seconds"]}
-            tracker.finish(final, [self.folder.report_json, self.folder.report_md, self.folder.best])
-            log(f"MLflow: {tracker.how_to_open()}")
-        log(f"best.pt (epoch {report['best_epoch']}): AP {report['ap']:.4f}  AP50 {report['ap50']:.4f} on "
-            f"{report['images']} val images; report: {self.folder.report_md}")
-        return report
+        return final_report(self, self._evaluate(model), best["epoch"], tracker, log)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments.config import SearchConfig, load_config
 from gpnas.results import study as st
-from gpnas.results.folder import SearchFolder, folder_lock
+from gpnas.results.folder import CONFIG_FILE, SearchFolder, folder_lock
 from gpnas.results.front import front_summary
 from gpnas.results.records import TrialRecord
 from gpnas.search_space.errors import ConfigError, SearchFailed
@@ -30,7 +30,7 @@ def open_search(name_or_dir: str | Path, root: str | Path = "runs") -> tuple[Sea
         if folder.config.is_file():  # the folder may have moved since: its location wins over the saved root
             return folder, load_config(folder.config, [f"storage.root={folder.path.parent}"])
     raise ConfigError(f"no search '{name_or_dir}': neither {candidates[0]} nor {candidates[1]} holds a "
-                      "config.yaml (give the search folder's path, or its name with --root)")
+                      f"{CONFIG_FILE} (give the search folder's path, or its name with --root)")
 
 
 def search_status(folder: SearchFolder, cfg: SearchConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpnas.experiments import stages
 from gpnas.objectives.definitions import CONSTRAINTS, OBJECTIVES
+from gpnas.results.folder import weights_name
 from gpnas.results.records import TrialResult
 from gpnas.search_space.errors import ConfigError, TrialTimeout
 from gpnas.search_space.spec import ArchSpec
@@ -190,7 +191,7 @@ def _save_weights(ctx: StageContext, model: Any) -> None:
     import torch
 
     ctx.weights_dir.mkdir(parents=True, exist_ok=True)
-    path = ctx.weights_dir / f"{ctx.spec.arch_id}.pt"
+    path = ctx.weights_dir / weights_name(ctx.spec.arch_id)
     torch.save(model.state_dict(), path)
     ctx.result.weights_path = str(path)
 

@@ -1,4 +1,6 @@
-"""Library side of `gpnas train`: proxy-train one architecture on a dataset and score it.
+"""Library side of `gpnas train`: proxy-train one architecture on a dataset and score it (:func:`train_candidate`),
+or, with ``out``, train it for real (:func:`~gpnas.experiments.full_training.full_train`); :func:`train_arch`
+takes the command's options and picks the mode.
 
 Hidden knobs (for tests and quick looks; not CLI options): ``GPNAS_DIGITS_N_TRAIN`` and ``GPNAS_DIGITS_N_VAL``
 set the size of the bundled digits set that ``--data digits`` builds (default 2000 train, 300 val images);
@@ -8,12 +10,15 @@ set the size of the bundled digits set that ``--data digits`` builds (default 20
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gpnas.experiments.config import DIGITS_N_TRAIN, DIGITS_N_VAL, DataConfig
 from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
+
+__all__ = ["data_config", "digits_sizes", "train_arch", "train_candidate"]
 
 
 def digits_sizes() -> tuple[int, int]:
@@ -93,3 +98,50 @@ def data_config(data: str, images: str | None, val_data: str | None, val_images:
         raise ConfigError(f"--data {data}: a COCO annotation file needs --images DIR")
     return DataConfig(kind="coco", train_ann=data, train_images=images, val_ann=val_data or data,
                       val_images=val_images or images)
+
+
+def train_arch(
+    arch: str,
+    *,
+    data: str = "digits",
+    images: str | None = None,
+    val_data: str | None = None,
+    val_images: str | None = None,
+    epochs: int | None = None,
+    seconds: float | None = None,
+    steps: int | None = None,
+    max_seconds: float | None = None,
+    img: int | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    save: Path | None = None,
+    out: Path | None = None,
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    mlflow: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any] | None:
+    """`gpnas train ARCH`: ``arch`` (a preset name or spec YAML) proxy-trained (-> :func:`train_candidate`'s
+    result), or with ``out`` fully trained in that folder (-> the report; None on a rank other than 0). Options
+    of the other mode are refused (:func:`~gpnas.experiments.full_training.check_mode_options`). None: not given
+    (the mode's default). ``log``: the full training's lines; ``progress``: the proxy training's progress bar."""
+    from gpnas.experiments.full_training import FullTrainRequest, check_mode_options, full_train
+    from gpnas.experiments.inspect import resolve_arch
+
+    check_mode_options(out=out, resume=resume, tracking_uri=tracking_uri, no_mlflow=not mlflow, proxy_only={
+        "--steps": steps, "--seconds": seconds, "--max-seconds": max_seconds, "--save": save})
+    if out is not None:
+        request = FullTrainRequest(
+            resolve_arch(arch), data_config(data, images, val_data, val_images), out, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, device=device, img=img, resume=resume, tracking_uri=tracking_uri,
+            mlflow=mlflow)
+        return full_train(request, log=log)
+    overrides = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    return train_candidate(
+        resolve_arch(arch), data=data, images=images, val_data=val_data, val_images=val_images, epochs=epochs,
+        seconds=seconds, steps=steps, max_seconds=max_seconds, img=img, device=device or "cpu",
+        seed=0 if seed is None else seed, progress=progress, save=save, **overrides,
+    )

@@ -370,12 +370,26 @@ def measure_gradients(
     its buffers (BN running statistics) are restored afterwards.
     """
     report = report if report is not None else analyze(model, input_shape=(1, *images.shape[1:]))
-    loss_fn = loss_fn or default_loss
-    captured: dict[nn.Module, list[torch.Tensor]] = {}
+    weights, wgrad, ograd = _backward(model, images, loss_fn or default_loss, _layer_modules(model, report))
+    return {m.name: _layer_row(m, weights[m.name], wgrad, ograd.get(m.name)) for m in report.layers}
+
+
+def _layer_modules(model: nn.Module, report: GradientPathReport) -> dict[str, tuple[nn.Module, int]]:
+    """Layer name -> (its module, which call of it): ``name#k`` is call k (from 0) of a module run several times."""
     modules: dict[str, tuple[nn.Module, int]] = {}
     for m in report.layers:
         base, _, call = m.name.partition("#")
         modules[m.name] = (model.get_submodule(base), int(call or 0))
+    return modules
+
+
+def _backward(
+    model: nn.Module, images: torch.Tensor, loss_fn: LossFn, modules: dict[str, tuple[nn.Module, int]]
+) -> tuple[dict[str, list[torch.Tensor]], dict[int, torch.Tensor], dict[str, torch.Tensor]]:
+    """One forward/backward, the layers' outputs captured by hooks: -> (each layer's weight tensors, the
+    gradient of each weight tensor by ``id``, the gradient of each captured output; a gradient is None where
+    the loss does not reach it). The hooks are removed and the buffers restored whatever happens."""
+    captured: dict[nn.Module, list[torch.Tensor]] = {}
     hooks = [
         mod.register_forward_hook(lambda mod, _i, out: captured.setdefault(mod, []).append(out))
         for mod in {mod for mod, _ in modules.values()}
@@ -402,20 +416,22 @@ def measure_gradients(
                 b.copy_(copy)
     wgrad = {id(p): g for p, g in zip(flat_w, grads[: len(flat_w)], strict=True)}
     ograd = dict(zip(outputs, grads[len(flat_w) :], strict=True))
-    result: dict[str, dict[str, float]] = {}
-    for m in report.layers:
-        w_sq = sum(float(wgrad[id(p)].pow(2).sum()) for p in weights[m.name] if wgrad[id(p)] is not None)
-        g = ograd.get(m.name)
-        row = {
-            "weight_grad_norm": math.sqrt(w_sq),
-            "output_grad_norm": float(g.norm()) if g is not None else 0.0,
-            "n_cls": float(m.n_cls),
-        }
-        reached = [c for c in m.classes if c.comb]
-        if g is not None and len(reached) > 1:
-            row["class_cos"] = _class_cosine(g, reached)
-        result[m.name] = row
-    return result
+    return weights, wgrad, ograd
+
+
+def _layer_row(m: LayerMetrics, weights: list[torch.Tensor], wgrad: dict[int, torch.Tensor],
+               g: torch.Tensor | None) -> dict[str, float]:
+    """One layer's measured statistics (see :func:`measure_gradients`); ``g``: its output gradient, if any."""
+    w_sq = sum(float(wgrad[id(p)].pow(2).sum()) for p in weights if wgrad[id(p)] is not None)
+    row = {
+        "weight_grad_norm": math.sqrt(w_sq),
+        "output_grad_norm": float(g.norm()) if g is not None else 0.0,
+        "n_cls": float(m.n_cls),
+    }
+    reached = [c for c in m.classes if c.comb]
+    if g is not None and len(reached) > 1:
+        row["class_cos"] = _class_cosine(g, reached)
+    return row
 
 
 def _class_cosine(grad: torch.Tensor, classes: list[ChannelClass]) -> float:

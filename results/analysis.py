@@ -203,10 +203,7 @@ def _tracker(search: SearchInfo) -> Any:
         return None
     from gpnas.results.tracking import MlflowTracker
 
-    tracker = MlflowTracker(search.tracking_uri or search.folder.mlflow_uri, search.folder)
-    if tracker.uri.startswith(("http://", "https://")):
-        tracker.check_reachable()
-    return tracker
+    return MlflowTracker.open(search.tracking_uri or search.folder.mlflow_uri, search.folder)
 
 
 def analyze(searches: Sequence[SearchInfo], *, target: str = "auto", out: Path | None = None, mlflow: bool = True,

@@ -15,6 +15,7 @@ from typing import Any
 
 from gpnas.objectives.definitions import metric_names
 from gpnas.results import study as st
+from gpnas.results.folder import SPEC_FILE, weights_name
 from gpnas.results.front import FrontSummary, competing, front_summary
 from gpnas.results.records import SearchInfo, TrialRecord
 from gpnas.search_space.errors import ConfigError
@@ -154,8 +155,8 @@ def _sources(search: SearchInfo, recs: list[TrialRecord], rec: TrialRecord, weig
 
     spec_src = search.folder.trial_spec(rec.number)
     runs = [rec.mlflow_run_id] if rec.mlflow_run_id else []
-    if not spec_src.is_file() and _from_mlflow(search, runs, "spec.yaml", spec_src) is None:
-        raise ConfigError(f"{spec_src} is missing and no MLflow run of trial {rec.number} holds spec.yaml; the "
+    if not spec_src.is_file() and _from_mlflow(search, runs, SPEC_FILE, spec_src) is None:
+        raise ConfigError(f"{spec_src} is missing and no MLflow run of trial {rec.number} holds {SPEC_FILE}; the "
                           "search folder is incomplete (was it moved? `gpnas sync` restores it from MLflow)")
     if not weights:
         return spec_src, None
@@ -185,7 +186,7 @@ def _entry(rec: TrialRecord, sources: tuple[Path, Path | None], out: Path) -> di
     entry: dict[str, Any] = {"spec": spec_path.name, **_row(rec), "metrics": result.metrics if result else {},
                              "latency_protocol": (result.latency or {}).get("protocol") if result else None}
     if weights_src is not None:
-        dst = out / f"{rec.arch_id}.pt"
+        dst = out / weights_name(rec.arch_id or "")
         shutil.copyfile(weights_src, dst)
         entry["weights"] = dst.name
     return entry

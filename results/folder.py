@@ -37,7 +37,19 @@ except ImportError:  # pragma: no cover - non-POSIX platforms
 if TYPE_CHECKING:
     from gpnas.results.records import TrialResult
 
-__all__ = ["FolderInUse", "SearchFolder", "folder_lock"]
+__all__ = ["CONFIG_FILE", "REPORT_DIR", "SPEC_FILE", "FolderInUse", "SearchFolder", "folder_lock", "weights_name"]
+
+#: the resolved config of a search, in its folder
+CONFIG_FILE = "config.yaml"
+#: the plots and tables of a finished search: in its folder, and the artifact folder of its MLflow run
+REPORT_DIR = "report"
+#: the spec that rebuilds a trial's model: in its trial folder, and the artifact of its MLflow run
+SPEC_FILE = "spec.yaml"
+
+
+def weights_name(arch_id: str) -> str:
+    """The file name of an architecture's trained weights (in ``weights/``, a trial's MLflow run, an export)."""
+    return f"{arch_id}.pt"
 
 
 class FolderInUse(ConfigError):
@@ -65,7 +77,8 @@ class SearchFolder:
 
     @property
     def config(self) -> Path:
-        return self.path / "config.yaml"
+        """The resolved search config (``config.yaml``), saved when the search starts."""
+        return self.path / CONFIG_FILE
 
     @property
     def study_db(self) -> Path:
@@ -100,7 +113,7 @@ class SearchFolder:
         return self.trials / f"{number:04d}"
 
     def trial_spec(self, number: int) -> Path:
-        return self.trial(number) / "spec.yaml"
+        return self.trial(number) / SPEC_FILE
 
     def trial_result(self, number: int) -> Path:
         return self.trial(number) / "result.json"
@@ -110,7 +123,7 @@ class SearchFolder:
         return self.path / "weights"
 
     def weights_file(self, arch_id: str) -> Path:
-        return self.weights / f"{arch_id}.pt"
+        return self.weights / weights_name(arch_id)
 
     @property
     def ray(self) -> Path:
@@ -126,7 +139,7 @@ class SearchFolder:
 
     @property
     def report(self) -> Path:
-        return self.path / "report"
+        return self.path / REPORT_DIR
 
     @property
     def fidelity(self) -> Path:

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpnas.objectives.definitions import metric_names
+from gpnas.results.folder import REPORT_DIR
 
 __all__ = ["DETAIL_COLUMNS", "KIND_TAG", "MODEL_TRAINING_KIND", "PARETO_FILTER", "PARETO_VIEW", "TAG_COLUMNS",
            "TRIALS_VIEW", "VIEW_NAMES", "VIEW_TAG_PREFIX", "column", "experiment_tags", "metric_columns",
@@ -156,8 +157,8 @@ def runs_url(base: str, experiment_id: str, view: str | None = TRIALS_VIEW) -> s
 
 def search_run_note(experiment_id: str, run_id: str) -> str:
     """The description (markdown) of a search's own run: where its Pareto chart and Pareto trials are."""
-    chart = _route(experiment_id, f"/{run_id}/artifacts/report/pareto.html")
+    chart = _route(experiment_id, f"/{run_id}/artifacts/{REPORT_DIR}/pareto.html")
     trials = _route(experiment_id, view=PARETO_VIEW)
-    return (f"**Pareto front** of this gpnas search: the chart is the artifact [`report/pareto.html`]({chart}) "
-            f"(Artifacts tab, with the other plots and tables under `report/`); the Pareto trials are the runs "
+    return (f"**Pareto front** of this gpnas search: the chart is the artifact [`{REPORT_DIR}/pareto.html`]({chart}) "
+            f"(Artifacts tab, with the other plots and tables under `{REPORT_DIR}/`); the Pareto trials are the runs "
             f"with `{PARETO_FILTER}` (the view [{VIEW_NAMES[PARETO_VIEW]}]({trials}) in the Views list).")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpnas.objectives.gp_features import table_schema
-from gpnas.results.folder import SearchFolder
+from gpnas.results.folder import SearchFolder, weights_name
 from gpnas.results.records import TrialRecord
 
 __all__ = ["WEIGHTS_DIR", "fetch_artifact", "local_weights", "log_trial_artifacts", "logs_here", "weights_artifact",
@@ -26,7 +26,7 @@ WEIGHTS_DIR = "weights"
 
 def weights_artifact(arch_id: str) -> str:
     """The artifact path of a trial's trained weights in its run."""
-    return f"{WEIGHTS_DIR}/{arch_id}.pt"
+    return f"{WEIGHTS_DIR}/{weights_name(arch_id)}"
 
 
 def write_trial_files(out: Path, *, gp_layers: list[dict[str, Any]], latency: dict[str, Any] | None) -> list[Path]:
@@ -82,7 +82,7 @@ def log_trial_artifacts(uri: str, run_id: str, *, arch_id: str, gp_layers: list[
             client.log_artifact(run_id, str(path))
             logged.append(path.name)
     if weights is not None and weights.is_file():
-        assert weights.name == f"{arch_id}.pt", f"weights of {arch_id} saved as {weights}"
+        assert weights.name == weights_name(arch_id), f"weights of {arch_id} saved as {weights}"
         client.log_artifact(run_id, str(weights), artifact_path=WEIGHTS_DIR)
         logged.append(weights_artifact(arch_id))
     return logged

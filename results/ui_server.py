@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from gpnas.results.folder import SearchFolder
-from gpnas.results.tracking import MlflowTracker
+from gpnas.results.mlflow_store import MlflowStore
 from gpnas.search_space.errors import ConfigError
 
 __all__ = ["serve_ui"]
@@ -17,15 +17,15 @@ def ui_experiment(folder: SearchFolder) -> str | None:
     own, so any search run in it is this search's (even when the folder has moved since)."""
     import time
 
-    tracker = MlflowTracker(folder.mlflow_uri, folder)
-    experiments = [e.experiment_id for e in tracker.client.search_experiments()]
-    runs = tracker.client.search_runs(experiments, filter_string="tags.`gpnas.role` = 'search'", max_results=1,
-                                      order_by=["attributes.start_time DESC"]) if experiments else []
+    store = MlflowStore(folder.mlflow_uri, folder)
+    experiments = [e.experiment_id for e in store.client.search_experiments()]
+    runs = store.client.search_runs(experiments, filter_string="tags.`gpnas.role` = 'search'", max_results=1,
+                                    order_by=["attributes.start_time DESC"]) if experiments else []
     if not runs:
         return None
     experiment_id = runs[0].info.experiment_id
-    tags = dict(tracker.client.get_experiment(experiment_id).tags)
-    tracker._update_experiment_view(experiment_id, tags, int(time.time() * 1000))
+    tags = dict(store.client.get_experiment(experiment_id).tags)
+    store.update_experiment_view(experiment_id, tags, int(time.time() * 1000))
     return experiment_id
 
 
@@ -46,7 +46,8 @@ def serve_ui(folder: SearchFolder, port: int = 5000) -> int:
     from gpnas.results.mlflow_view import runs_url
 
     if not folder.mlflow_db.is_file():
-        raise ConfigError(f"{folder.path} has no local MLflow store (mlflow.db); was it run with --tracking-uri?")
+        raise ConfigError(f"{folder.path} has no local MLflow store ({folder.mlflow_db.name}); was it run with "
+                          "--tracking-uri?")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", folder.mlflow_uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
