@@ -97,8 +97,8 @@ def test_an_sqlite_store_is_written_only_where_its_file_is(tmp_path: Path) -> No
 
 def test_runs_left_running_by_a_killed_driver_end_as_killed(search: SearchInfo, tracker: MlflowTracker) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=st.open_storage(search.folder), study_name=search.name,
-                                directions=["maximize", "minimize"])
+    storage = st.open_storage(search.folder)
+    study = optuna.create_study(storage=storage, study_name=search.name, directions=["maximize", "minimize"])
     trial = study.ask()
     trial.set_user_attr("arch_id", "arch003")
     run_id = tracker.start_trial(trial.number, "arch003", {}, None)
@@ -106,7 +106,7 @@ def test_runs_left_running_by_a_killed_driver_end_as_killed(search: SearchInfo, 
     tracker.log_evaluation(run_id, 1, {"ap": 0.05, "ap50": 0.1})
     assert tracker.sync(search) == 0  # still running: nothing to end yet
 
-    st.mark_interrupted(study)  # what resume does first
+    st.mark_interrupted(study, storage)  # what resume does first
     assert tracker.sync(search) == 1
     run = tracker.client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["gpnas.state"] == "interrupted"
