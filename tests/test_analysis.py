@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import rankdata, spearmanr
 from scipy.stats import t as student_t
+from searchutil import cli_env, run_cli
 
 from gpnas.results.analysis import analyze_dataset, partial_spearman
 from gpnas.results.analysis_data import MIN_TRIALS, Dataset, Row, build_dataset
 from gpnas.results.records import SearchInfo
 from gpnas.results.surrogate import cross_validate, fit_surrogate
 from gpnas.search_space.errors import ConfigError
-
-GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
 
 
 # ------------------------------------------------------------------------------------------ partial Spearman
@@ -172,8 +169,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _gpnas(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([*GPNAS, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    return run_cli(tmp_path, *args, env=cli_env(COLUMNS="200"))
 
 
 def _info(folder: Path) -> SearchInfo:
@@ -183,6 +179,7 @@ def _info(folder: Path) -> SearchInfo:
     return open_search(folder)[1].info()
 
 
+@pytest.mark.slow
 def test_the_dataset_keeps_one_row_per_arch_and_says_what_it_dropped(stores: dict[str, Path]) -> None:
     ds = build_dataset([_info(stores["alpha"]), _info(stores["beta"])])
     assert len(ds.rows) == 16 and sum(r.merged for r in ds.rows) == 19  # a9..a11 ran in both searches
@@ -192,6 +189,7 @@ def test_the_dataset_keeps_one_row_per_arch_and_says_what_it_dropped(stores: dic
     assert ds.dropped["gp_const"].startswith("constant")
 
 
+@pytest.mark.slow
 def test_long_budget_ap_becomes_the_target_once_enough_candidates_have_it(stores: dict[str, Path],
                                                                           tmp_path: Path) -> None:
     import shutil
@@ -215,6 +213,7 @@ def test_long_budget_ap_becomes_the_target_once_enough_candidates_have_it(stores
         build_dataset([_info(folder)], "fidelity")
 
 
+@pytest.mark.slow
 def test_gpnas_analyze_writes_the_report_and_logs_it_to_the_search_run(stores: dict[str, Path],
                                                                         tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
@@ -237,6 +236,7 @@ def test_gpnas_analyze_writes_the_report_and_logs_it_to_the_search_run(stores: d
     assert {"analysis_surrogate_rho", "analysis_size_rho"} <= logged.keys()
 
 
+@pytest.mark.slow
 def test_gpnas_analyze_pools_several_searches(stores: dict[str, Path], tmp_path: Path) -> None:
     out = _gpnas(tmp_path, "analyze", "alpha", "beta", "--root", str(stores["alpha"].parent), "--json",
                  "--no-mlflow")
@@ -246,6 +246,7 @@ def test_gpnas_analyze_pools_several_searches(stores: dict[str, Path], tmp_path:
     assert Path(report["files"]["json"]).parent == stores["alpha"].parent / "analysis-alpha+beta"
 
 
+@pytest.mark.slow
 def test_gpnas_analyze_refuses_a_search_with_too_few_trials(stores: dict[str, Path], tmp_path: Path) -> None:
     out = _gpnas(tmp_path, "analyze", str(stores["few"]))
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]

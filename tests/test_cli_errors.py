@@ -7,28 +7,20 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from searchutil import GPNAS, cli_env, free_port, run_cli
 
-GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
+pytestmark = pytest.mark.slow  # the command in a subprocess, a few seconds of start-up each
+
 SEARCH_YAML = "name: tiny\nspace:\n  base: yolor-csp-nano\n  genes:\n    backbone_stacks: {range: [1, 2]}\n" \
               "objectives: [ap, gflops]\n"
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-
-
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GPNAS, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=300)
-
-
 def _fails(tmp_path: Path, *args: str, says: tuple[str, ...], code: int = 2) -> str:
-    out = _run(tmp_path, *args)
+    out = run_cli(tmp_path, *args)
     assert out.returncode == code, (args, out.stdout[-2000:], out.stderr[-2000:])
     assert "Traceback" not in out.stderr, (args, out.stderr[-3000:])
     for text in says:
@@ -74,7 +66,7 @@ def test_markup_like_paths_are_text(tmp_path: Path) -> None:
     """A closing tag in a path once crashed the printer; brackets are text in errors and in normal output."""
     odd = tmp_path / "[/x]" / "[bold]"
     _fails(tmp_path, "describe", str(odd / "a.yaml"), says=(str(odd / "a.yaml"),))
-    out = _run(tmp_path, "describe", "yolor-csp-nano", "--export-spec", str(odd / "s.yaml"))
+    out = run_cli(tmp_path, "describe", "yolor-csp-nano", "--export-spec", str(odd / "s.yaml"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"spec written to {odd / 's.yaml'}" in " ".join(out.stdout.split())
 
@@ -127,7 +119,7 @@ def test_export_refuses_a_folder_it_cannot_write(tmp_path: Path) -> None:
 
 def test_export_into_a_folder_with_files_needs_force(tmp_path: Path) -> None:
     folder = _tiny_search(tmp_path)
-    out = _run(tmp_path, "export", str(folder), "--out", "exported")
+    out = run_cli(tmp_path, "export", str(folder), "--out", "exported")
     assert out.returncode == 0, out.stderr[-3000:]
     manifest = json.loads((tmp_path / "exported" / "manifest.json").read_text())
     spec_name = manifest["architectures"][0]["spec"]
@@ -135,7 +127,7 @@ def test_export_into_a_folder_with_files_needs_force(tmp_path: Path) -> None:
     _fails(tmp_path, "export", str(folder), "--out", "exported", says=("exported", "manifest.json", spec_name,
                                                                         "--force"))
     assert (tmp_path / "exported" / spec_name).read_text() == "stale"
-    out = _run(tmp_path, "export", str(folder), "--out", "exported", "--force")
+    out = run_cli(tmp_path, "export", str(folder), "--out", "exported", "--force")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "exported" / spec_name).read_text() != "stale"
 
@@ -146,16 +138,10 @@ def test_export_checks_the_weights_before_writing(tmp_path: Path) -> None:
     _fails(tmp_path, "export", str(folder), "--weights", "--out", "exported", says=("trial 0", "weights", "w.pt"))
     assert not (tmp_path / "exported").exists()  # nothing half-written
     weights.write_bytes(b"state dict")
-    out = _run(tmp_path, "export", str(folder), "--weights", "--out", "exported")
+    out = run_cli(tmp_path, "export", str(folder), "--weights", "--out", "exported")
     assert out.returncode == 0, out.stderr[-3000:]
     entry = json.loads((tmp_path / "exported" / "manifest.json").read_text())["architectures"][0]
     assert (tmp_path / "exported" / entry["weights"]).read_bytes() == b"state dict"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
@@ -190,14 +176,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
 def test_sigterm_to_gpnas_ui_stops_the_mlflow_server(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     folder = _tiny_search(tmp_path)
     MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").create_experiment("x")
-    port = _free_port()
-    proc = subprocess.Popen([*GPNAS, "ui", str(folder), "--port", str(port)], cwd=tmp_path, env=_env(tmp_path),
+    port = free_port()
+    proc = subprocess.Popen([*GPNAS, "ui", str(folder), "--port", str(port)], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90

@@ -3,15 +3,14 @@ options, a single value given twice), and every YAML gpnas reads refuses a key g
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 import yaml
+from searchutil import cli_env, run_cli
 
 from gpnas.experiments import cli_options as opt
 from gpnas.experiments.cli import app
@@ -20,7 +19,6 @@ from gpnas.search_space.errors import ConfigError, SpecError
 from gpnas.search_space.spec import load_spec
 from gpnas.search_space.yaml_load import DuplicateKeyError, load_yaml
 
-GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
 DEMO = "name: bad\nbudget: {num_trials: 1}\ndata: {n_train: 24, n_val: 8}\ntrain: {steps: 1, batch_size: 8}\n"
 
 
@@ -40,8 +38,7 @@ def _refused(*args: str, says: str) -> None:
 
 
 def _gpnas(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
-    return subprocess.run([*GPNAS, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return run_cli(tmp_path, *args, env=cli_env(COLUMNS="200"))
 
 
 # ------------------------------------------------------------------------------------------ out-of-range values

@@ -5,12 +5,11 @@ fails with a clear message; gpnas latency times an ONNX file under the same prot
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from searchutil import run_cli
 
 pytest.importorskip("onnxruntime", reason="the deploy extra (make setup installs it)")
 
@@ -18,6 +17,8 @@ from gpnas.results.deploy import ATOL, DeployModel, DeployOptions, ExportCheckFa
 from gpnas.search_space.builder import build_detector
 from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.presets import get_preset
+
+pytestmark = pytest.mark.slow  # exports of every nano preset, each checked on 100 images: minutes on 2 cores
 
 NANOS = ["yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-nano"]
 
@@ -75,13 +76,12 @@ def test_a_broken_export_fails_clearly(tmp_path: Path) -> None:
 def test_gpnas_latency_times_an_onnx_file(tmp_path: Path) -> None:
     spec = get_preset("yolor-csp-nano")
     entry = export_model(spec, build_detector(spec), "onnx", tmp_path, DeployOptions())
-    cmd = [sys.executable, "-m", "gpnas.experiments.cli", "latency", str(tmp_path / entry["file"]), "--repeats",
-           "3", "--warmup", "1", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    onnx = str(tmp_path / entry["file"])
+    out = run_cli(None, "latency", onnx, "--repeats", "3", "--warmup", "1", "--json", timeout=120)
     assert out.returncode == 0, out.stderr
     measured = json.loads(out.stdout)["measured"]
     assert measured["median_ms"] > 0 and len(measured["samples_ms"]) == 3 and "onnxruntime" in measured["device_name"]
-    wrong = subprocess.run([*cmd[:5], "--img", "320"], capture_output=True, text=True, timeout=120)
+    wrong = run_cli(None, "latency", onnx, "--img", "320", timeout=120)
     assert wrong.returncode == 2 and "fixed at 160" in wrong.stderr and "Traceback" not in wrong.stderr
 
 

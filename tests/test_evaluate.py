@@ -6,10 +6,11 @@ from gpnas.experiments.config import load_config
 from gpnas.experiments.evaluate import evaluate_candidate
 from gpnas.search_space.presets import get_preset
 
+pytestmark = pytest.mark.slow  # whole candidate evaluations: the latency table's calibration, training, features
+
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPNAS_CACHE", str(tmp_path / "cache"))
+def cfg():  # GPNAS_CACHE: the session's (conftest), its latency table calibrated once
     return load_config(None, ["data.n_train=24", "data.n_val=8", "train.steps=2", "train.batch_size=8",
                               "train.seconds=null", "latency.repeats=2", "latency.warmup=1",
                               "latency.iters_per_repeat=1"])

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
+from searchutil import FinishedSearch, copy_search, gpnas, start_cli, wait_for
 
 from gpnas.results.fidelity_report import analyze, candidate_table, markdown
 
@@ -59,55 +54,27 @@ def test_a_failed_run_leaves_its_candidate_out_by_name() -> None:
 
 
 # ------------------------------------------------------------------------------------------ end to end
-GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-
-
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([*GPNAS, *args], capture_output=True, text=True, env=_env(tmp_path), timeout=400,
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
-
-
 @pytest.mark.slow
-def test_fidelity_of_a_tiny_search_writes_its_report_and_resumes_after_sigkill(tmp_path: Path) -> None:
-    cfg = {
-        "name": "tiny",
-        "space": {"base": "yolor-csp-nano", "genes": {"block": {"choices": ["residual", "csp", "elan"]},
-                                                      "width_multiple": {"choices": [0.0625, 0.125]}}},
-        "objectives": ["ap", "gflops"],
-        "sampler": {"seed": 1, "n_startup_trials": 10},
-        "budget": {"num_trials": 2, "max_concurrent": 2, "cpu": 1},
-        "data": {"n_train": 48, "n_val": 12},
-        "train": {"steps": 3, "batch_size": 8},
-        "latency": {"repeats": 2, "warmup": 1, "iters_per_repeat": 1},
-        "storage": {"root": str(tmp_path / "runs")},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    _run(tmp_path, "search", "--config", "tiny.yaml")
-    folder = tmp_path / "runs" / "tiny"
+def test_fidelity_of_a_tiny_search_writes_its_report_and_resumes_after_sigkill(finished_search: FinishedSearch,
+                                                                              tmp_path: Path) -> None:
+    """On a copy of the session's finished search (fidelity writes into the folder and its MLflow store), two of
+    its candidates: killed once a run was trained, resumed, then shown again without training."""
+    folder = copy_search(finished_search, tmp_path / "runs")
     runs = folder / "fidelity" / "runs.jsonl"
-    args = ["fidelity", str(folder), "--factor", "20", "--workers", "1"]
+    # the reference budget 15 × 4 steps: 60 steps, as before the search was shared (20 × 3 then)
+    args = ["fidelity", str(folder), "--factor", "15", "--workers", "1", "--candidates", "2"]
 
-    # killed half-way: the two search trials stand for the proxy runs of seed 0, plus at least one trained run
-    proc = subprocess.Popen([*GPNAS, *args], env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if runs.is_file() and len(runs.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, "fidelity finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # killed half-way: two search trials stand for the proxy runs of seed 0, plus at least one trained run
+    proc = start_cli(tmp_path, *args, log="fidelity")
+    try:
+        wait_for(lambda: runs.is_file() and len(runs.read_text().splitlines()) >= 3, 300, "a trained fidelity run",
+                 proc, every=0.1)
+    finally:
+        proc.kill()
     before = runs.read_text().splitlines()
-    assert 3 <= len(before) < 6
+    assert 3 <= len(before) < 6, proc.output()
 
-    report = json.loads(_run(tmp_path, *args, "--json").stdout)
+    report = json.loads(gpnas(tmp_path, *args, "--json").stdout)
     after = runs.read_text().splitlines()
     assert after[: len(before)] == before  # nothing done before the kill was trained again
     keys = [f"{r['label']}|{r['kind']}|{r['seed']}" for r in map(json.loads, after)]
@@ -122,7 +89,7 @@ def test_fidelity_of_a_tiny_search_writes_its_report_and_resumes_after_sigkill(t
     import mlflow
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("tiny")
+    exp = client.get_experiment_by_name(finished_search.name)
     parent = client.search_runs([exp.experiment_id], filter_string="tags.`gpnas.role` = 'search'")[0]
     fid = client.search_runs([exp.experiment_id], filter_string="tags.`gpnas.role` = 'fidelity'")
     assert len(fid) == 1 and fid[0].info.run_id == report["mlflow_run_id"]
@@ -131,5 +98,5 @@ def test_fidelity_of_a_tiny_search_writes_its_report_and_resumes_after_sigkill(t
     assert {"fidelity.json", "fidelity.md", "scatter.png"} <= names
 
     # the terminal table of a finished fidelity run comes back at once, without training
-    table = _run(tmp_path, *args).stdout
+    table = gpnas(tmp_path, *args).stdout
     assert "proxy fidelity" in table and "verdict" in table and "0 to train" in table

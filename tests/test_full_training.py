@@ -9,7 +9,6 @@ yolor-v3-nano at width 1/16: an epoch is 6 steps, well under a second.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,11 +17,11 @@ from typing import Any
 
 import pytest
 import torch
+from searchutil import GPNAS, cli_env, run_cli
 
 from gpnas.search_space.presets import get_preset
 from gpnas.trainers.data import AugmentSeeds, RankShard, SeededShuffle
 
-GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
 EPOCHS = 4
 TRAIN = ["--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "0.01"]
 
@@ -36,13 +35,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(work: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "GPNAS_CACHE": str(work / "cache"), "GPNAS_DIGITS_N_TRAIN": "48",
-            "GPNAS_DIGITS_N_VAL": "16", "PYTHONUNBUFFERED": "1", **extra}
+    return cli_env(**{"GPNAS_CACHE": str(work / "cache"), "GPNAS_DIGITS_N_TRAIN": "48", "GPNAS_DIGITS_N_VAL": "16",
+                      **extra})
 
 
 def _gpnas(work: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GPNAS, "train", *args], cwd=work, env=_env(work, **env), capture_output=True,
-                          text=True, timeout=300)
+    return run_cli(work, "train", *args, env=_env(work, **env))
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -135,6 +133,7 @@ def test_best_checkpoint_report_and_mlflow_run(resumed: tuple[Path, str]) -> Non
     assert {"report.json", "report.md", "best.pt"} <= {f.path for f in client.list_artifacts(run_id)}
 
 
+@pytest.mark.slow
 def test_best_checkpoint_holds_the_best_epochs_ema_weights(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With scripted val APs 0.1, 0.3, 0.2: best.pt is epoch 2's EMA copy, and the report scores that copy."""
     from gpnas.experiments.config import DataConfig

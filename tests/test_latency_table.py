@@ -4,14 +4,12 @@ entries + overhead, a corrupt file rebuilt with a warning, and `gpnas latency --
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from searchutil import cli_env, run_cli
 
 from gpnas.objectives.latency import LatencyProtocol
 from gpnas.objectives.latency_table import LatencyTable, fingerprint, layer_calls
@@ -80,17 +78,17 @@ def test_a_corrupt_table_is_rebuilt_with_a_warning(calibrated: LatencyTable, mod
     assert json.loads(calibrated.path.read_text())["entries"]  # written again, whole
 
 
+@pytest.mark.slow
 def test_calibration_fits_the_overhead_on_the_nano_presets(tmp_path: Path) -> None:
     table = LatencyTable(FAST, path=tmp_path / "t.json")
     table.calibrate()
     assert table.overhead is not None and all(map(lambda v: v == v, table.overhead))
 
 
+@pytest.mark.slow
 def test_gpnas_latency_both_prints_both_figures(tmp_path: Path) -> None:
-    env = {**os.environ, "GPNAS_CACHE": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "gpnas.experiments.cli", "latency", "yolor-v3-nano", "--img", "64",
-                          "--repeats", "2", "--warmup", "1", "--mode", "both", "--json"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    out = run_cli(None, "latency", "yolor-v3-nano", "--img", "64", "--repeats", "2", "--warmup", "1", "--mode", "both",
+                  "--json", env=cli_env(GPNAS_CACHE=str(tmp_path)), timeout=600)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["predicted"]["ms"] > 0 and info["measured"]["median_ms"] > 0

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from searchutil import GPNAS, cli_env, gpnas, status_json, write_config
+from searchutil import gpnas, live_records, start_cli, status_json, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -22,42 +18,33 @@ GENES = {
 }
 
 
-def _stop_when(folder: Path, name: str, driver: subprocess.Popen, condition: object, timeout: float) -> None:
+def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path: Path) -> None:
     from gpnas.results.study import load_study, records
 
-    deadline = time.time() + timeout
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(0.3)
-        if not (folder / "study.db").is_file():
-            continue
-        try:
-            if condition(records(load_study(folder, name))):  # type: ignore[operator]
-                break
-        except Exception:  # the study is being created or written
-            continue
-    assert driver.poll() is None, "the search ended before the moment to kill it came"
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-
-
-def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path: Path) -> None:
     path = write_config(tmp_path, "halving", 6, train={"steps": 12, "batch_size": 8},
                         space={"base": "yolor-csp-nano", "genes": GENES},
                         early_stopping={"type": "mo-asha", "min_budget": 3, "reduction_factor": 2},
                         refine={"top": 1, "seeds": 2, "budget_multiplier": 1.5, "max_trials": 2})
     folder = tmp_path / "runs" / "halving"
-    driver = subprocess.Popen([*GPNAS, "search", "--config", str(path)], env=cli_env(tmp_path), cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # killed once a trial was pruned and another one is running (its rung decisions are in the study)
-    _stop_when(folder, "halving", driver, lambda recs: any(r.state == "pruned" for r in recs)
-               and any(r.state == "running" and r.rungs for r in recs), timeout=400)
+    driver = start_cli(tmp_path, "search", "--config", str(path), log="halving")
 
-    from gpnas.results.study import load_study, records
+    def killable() -> bool:
+        """A trial was pruned and another one is running with rung decisions in the study. live_records reads
+        the study only once the driver has created it: opening it earlier races the driver's own creation of the
+        schema, and the driver lost that race under load (exit 2, 'not a readable Optuna study database')."""
+        recs = live_records(folder, "halving")
+        return any(r.state == "pruned" for r in recs) and any(r.state == "running" and r.rungs for r in recs)
+
+    try:
+        wait_for(killable, 400, "a pruned trial and a running one with rung decisions", driver)
+    finally:
+        if driver.alive():
+            driver.kill()
 
     before = records(load_study(folder, "halving"))
     decided = {(r.arch_id, d["rung"]): d["decision"] for r in before for d in r.rungs}
     assert any(r.state == "pruned" for r in before), [(r.state, r.reason) for r in before]
-    assert any(r.state == "running" for r in before)  # the kill left a trial mid-way
+    assert any(r.state == "running" for r in before), driver.output()  # the kill left a trial mid-way
 
     gpnas(tmp_path, "resume", str(folder), timeout=600)
     after = records(load_study(folder, "halving"))

@@ -1,4 +1,6 @@
-"""Real local Ray, real SQLite study, real MLflow store: small searches end to end (marked slow; run in CI)."""
+"""Real local Ray, real SQLite study, real MLflow store: small searches end to end (marked slow; run in CI).
+
+Tests that only read a finished search share conftest's ``finished_search`` (run once per session)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from searchutil import GPNAS, cli_env, free_port, gpnas, status_json, write_config
+from searchutil import (
+    SHARED_SEARCH,
+    FinishedSearch,
+    cli_env,
+    free_port,
+    gpnas,
+    live_records,
+    run_cli,
+    start_cli,
+    status_json,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
-def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "four", 4, constraints={"max_gflops": 0.021})
-    gpnas(tmp_path, "search", "--config", str(path))
-    folder = tmp_path / "runs" / "four"
+
+def test_a_finished_search_accounts_for_every_trial(finished_search: FinishedSearch, tmp_path: Path) -> None:
+    folder, name = finished_search.folder, finished_search.name
     status = status_json(tmp_path, folder)
     trials = status["trials"]
     assert status["finished"] == 4
@@ -31,7 +44,7 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
 
     from gpnas.results.study import load_study, records
 
-    recs = records(load_study(folder, "four"))
+    recs = records(load_study(folder, name))
     for rec in recs:
         assert (folder / "trials" / f"{rec.number:04d}" / "result.json").is_file()
         if rec.state in ("failed", "infeasible"):
@@ -43,7 +56,7 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
     import mlflow
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("four")
+    exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("gpnas.role") == "search"]
     children = [r for r in runs if r.data.tags.get("gpnas.role") == "trial"]
@@ -63,12 +76,11 @@ def test_four_trial_search_accounts_for_every_trial(tmp_path: Path) -> None:
             assert child.data.tags["gpnas.node_ip"] == "127.0.0.1"
             assert len(client.get_metric_history(child.info.run_id, "epoch_ap")) >= 1
 
-    # export rebuilds the measured model; weights load strictly
+    # export rebuilds the measured model; weights load strictly (export writes only into --out)
     if pareto:
         _check_export(tmp_path, folder)
     # four trials are too few to say which feature predicts AP: a clear refusal, no traceback
-    refused = subprocess.run([*GPNAS, "analyze", str(folder)], capture_output=True, text=True, env=cli_env(tmp_path),
-                             cwd=tmp_path, timeout=120)
+    refused = run_cli(tmp_path, "analyze", str(folder), timeout=120)
     assert refused.returncode == 2 and "at least 5" in refused.stderr and "Traceback" not in refused.stderr
 
 
@@ -138,24 +150,19 @@ def _two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, st
     # then refused this process's own GCS client. The driver gets 'disabled' too (gpnas would present the token
     # of ~/.ray/auth_token otherwise): the README's setting for a cluster without token auth.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    # the head waits ~20 s for its GCS by default; on 2 busy cores (the previous test's Ray still exiting) that
-    # was once too short in CI: wait up to 60 s (ray 2.60.0 reads this module constant at each connection)
-    monkeypatch.setattr(ray_constants, "NUM_REDIS_GET_RETRIES", 60)
+    from gpnas.experiments.ray_session import child_pids
 
+    before = child_pids()  # both nodes' processes are started by this process: its new children
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
-    pids: list[int] = []
     try:
         worker = cluster.add_node(num_cpus=2, resources={"trainer": 2}, node_ip_address="127.0.0.1")
         cluster.wait_for_nodes()
-        for node in (cluster.head_node, worker):
-            pids += [info.process.pid for infos in node.all_processes.values() for info in infos
-                     if info.process is not None]
         yield cluster.address, worker.node_id
     finally:
+        pids = child_pids() - before
         cluster.shutdown()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -168,13 +175,11 @@ def test_multi_node_search_logs_artifacts_through_the_tracking_server(tmp_path: 
     `mlflow server --serve-artifacts`, so export and sync work with no file of the trials on this disk."""
     import mlflow
 
-    env = {**cli_env(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**cli_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     with _mlflow_server(tmp_path, env) as uri, _two_node_cluster(monkeypatch) as (address, worker_id):
         path = write_config(tmp_path, "multi", 2, budget={"num_trials": 2, "max_concurrent": 2, "cpu": 1,
                                                           "resources": {"trainer": 1}})
-        out = subprocess.run([*GPNAS, "search", "--config", str(path), "--address", address, "--tracking-uri", uri],
-                             capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        gpnas(tmp_path, "search", "--config", str(path), "--address", address, "--tracking-uri", uri, env=env)
         folder = tmp_path / "runs" / "multi"
         assert status_json(tmp_path, folder)["finished"] == 2
         assert not (folder / "ray_pids.json").exists()  # the driver did not own Ray
@@ -211,40 +216,46 @@ def _live_trial_runs(client: Any, experiment: str) -> dict[str, int]:
     return {r.info.run_id: len(client.get_metric_history(r.info.run_id, "epoch_ap")) for r in runs}
 
 
+#: trial steps of the killed search. Its trials evaluate at step 2 and at the end only (eval_every is larger than
+#: the run), so a live run with exactly one AP point has most of its steps ahead: it cannot end between the check
+#: and the kill, which follows at once
+KILLED_STEPS = 40
+
+
 def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> None:
     """Kill -9 the driver while a trial's MLflow run is live (RUNNING, with per-epoch AP already logged) and
     another trial has finished; resume runs exactly the remaining budget and closes the orphaned runs as KILLED."""
     import mlflow
 
-    path = write_config(tmp_path, "killed", 5, train={"steps": 24, "batch_size": 8, "eval_steps": [2]})
-    driver = subprocess.Popen([*GPNAS, "search", "--config", str(path)], env=cli_env(tmp_path),
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    folder = tmp_path / "runs" / "killed"
     from gpnas.results.study import finished, load_study, records
 
+    path = write_config(tmp_path, "killed", 5, train={"steps": KILLED_STEPS, "batch_size": 8, "eval_steps": [2],
+                                                      "eval_every": 100})
+    folder = tmp_path / "runs" / "killed"
     client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    watched: dict[str, int] = {}
-    deadline = time.time() + 300
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(0.3)
-        if not ((folder / "mlflow.db").is_file() and (folder / "ray_pids.json").is_file()):
-            continue
-        try:
-            live = _live_trial_runs(client, "killed")
-            if any(points >= 1 for points in live.values()) and finished(records(load_study(folder, "killed"))) >= 1:
-                watched = live
-                break
-        except Exception:  # the driver is still creating the stores
-            continue
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    assert any(points >= 1 for points in watched.values()), "no trial run was seen live with a per-epoch AP point"
+
+    def killable() -> dict[str, int]:
+        """A finished trial in the study, then a live trial run with its step-2 AP point and not yet its final
+        one in MLflow (both stores exist once the study does: the driver opens MLflow first). A finished trial is
+        recorded when its round ends: the round's last run may then still be RUNNING with all its points for
+        a moment, and killing on it raced the driver ending it."""
+        if finished(live_records(folder, "killed")) < 1:
+            return {}
+        live = _live_trial_runs(client, "killed")
+        return live if any(points == 1 for points in live.values()) else {}
+
+    driver = start_cli(tmp_path, "search", "--config", str(path), log="killed")
+    try:
+        watched = wait_for(killable, 400, "a finished trial and a live trial run with a per-epoch AP point", driver)
+        driver.kill(group=False)  # the driver alone: resume must end the Ray processes it left
+    finally:
+        if driver.alive():
+            driver.kill()
     orphaned = set(_live_trial_runs(client, "killed"))  # RUNNING when the driver died
     pids = json.loads((folder / "ray_pids.json").read_text())["ray"]
     before = records(load_study(folder, "killed"))
     done_before = {r.number for r in before if r.state in ("complete", "failed", "infeasible", "pruned")}
-    assert 1 <= len(done_before) < 5 and orphaned
+    assert 1 <= len(done_before) < 5 and orphaned, (done_before, watched, orphaned, driver.output())
 
     gpnas(tmp_path, "resume", str(folder))
     after = records(load_study(folder, "killed"))
@@ -263,9 +274,8 @@ def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> N
 
 def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
     path = write_config(tmp_path, "offline", 2)
-    out = subprocess.run([*GPNAS, "search", "--config", str(path), "--tracking-uri",
-                          f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=cli_env(tmp_path),
-                         cwd=tmp_path, timeout=120)
+    out = run_cli(tmp_path, "search", "--config", str(path), "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+                  timeout=120)
     assert out.returncode == 2
     assert "unreachable" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs" / "offline" / "study.db").exists()
@@ -277,7 +287,7 @@ def test_sync_backfills_a_search_run_without_mlflow(tmp_path: Path) -> None:
     the proposals it did not train are in the study as screened, with their scores, and never reach MLflow."""
     import requests
 
-    with _mlflow_server(tmp_path, cli_env(tmp_path)) as uri:
+    with _mlflow_server(tmp_path, cli_env()) as uri:
         quiet = write_config(tmp_path, "quiet", 2, prescreen={"candidates": 2, "keep": 1, "score": "naswot"})
         out = gpnas(tmp_path, "search", "--config", str(quiet), "--no-mlflow")
         assert "pre-screen: training" in out.stdout
@@ -302,17 +312,17 @@ def _experiment_id(uri: str, name: str) -> str:
     return got.json()["experiment"]["experiment_id"]
 
 
-def test_same_config_twice_gives_the_same_candidates_aps_and_front(tmp_path: Path) -> None:
+def test_same_config_twice_gives_the_same_candidates_aps_and_front(finished_search: FinishedSearch,
+                                                                  tmp_path: Path) -> None:
     """Work budgets + seeded weights + proposals in rounds (sampler.reproducible): TPE proper (after 2 startup
-    trials) proposes the same candidates in both runs, whichever trial of a round finished first."""
+    trials) proposes the same candidates in both runs, whichever trial of a round finished first. The first run
+    is the session's finished search; the second runs its config again under another name."""
     from gpnas.results.study import load_study, records
 
     runs = []
-    for name in ("first", "second"):
-        path = write_config(tmp_path, name, 4, sampler={"seed": 3, "n_startup_trials": 2},
-                       objectives=["ap", "gflops"], train={"steps": 4, "batch_size": 8})
-        gpnas(tmp_path, "search", "--config", str(path), "--no-mlflow")
-        folder = tmp_path / "runs" / name
+    path = write_config(tmp_path, "second", **SHARED_SEARCH)
+    gpnas(tmp_path, "search", "--config", str(path))
+    for folder, name in ((finished_search.folder, finished_search.name), (tmp_path / "runs" / "second", "second")):
         trials = {r.number: (r.arch_id, r.state, r.metric("ap")) for r in records(load_study(folder, name))}
         runs.append((trials, status_json(tmp_path, folder)["pareto"]))
     (first, front1), (second, front2) = runs
@@ -335,9 +345,8 @@ def test_a_bug_in_gpnas_inside_a_trial_stops_the_search_once(tmp_path: Path) -> 
         "stages.measure_size = _broken\n")
     path = write_config(tmp_path, "buggy", 4, budget={"num_trials": 4, "max_concurrent": 1, "cpu": 1},
                    space={"base": "yolor-csp-nano", "genes": {"block": {"choices": ["residual", "csp"]}}})
-    env = {**cli_env(tmp_path), "PYTHONPATH": str(inject)}
-    out = subprocess.run([*GPNAS, "search", "--config", str(path), "--no-mlflow"], capture_output=True, text=True,
-                         env=env, timeout=400, cwd=tmp_path)
+    env = {**cli_env(), "PYTHONPATH": str(inject)}
+    out = run_cli(tmp_path, "search", "--config", str(path), "--no-mlflow", env=env, timeout=400)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stderr.count("gpnas bug") == 1 and "injected bug" in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr.split("gpnas bug")[0]  # the report is the only thing printed

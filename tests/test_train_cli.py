@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from searchutil import cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GPNAS_CACHE": str(tmp_path / "cache"), "GPNAS_DIGITS_N_TRAIN": "32",
-           "GPNAS_DIGITS_N_VAL": "8"}
-    return subprocess.run([sys.executable, "-m", "gpnas.experiments.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.slow
 def test_gpnas_train_json_end_to_end(tmp_path: Path) -> None:
-    proc = _run(["train", "yolor-csp-nano", "--steps", "3", "--json"], tmp_path)
+    env = cli_env(GPNAS_CACHE=str(tmp_path / "cache"), GPNAS_DIGITS_N_TRAIN="32", GPNAS_DIGITS_N_VAL="8")
+    proc = run_cli(ROOT, "train", "yolor-csp-nano", "--steps", "3", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["name"] == "yolor-csp-nano" and out["steps"] == 3
@@ -33,9 +26,8 @@ def test_gpnas_train_json_end_to_end(tmp_path: Path) -> None:
 
 def test_bad_digits_size_knob_is_a_clear_error(tmp_path: Path) -> None:
     env_bad = {"GPNAS_DIGITS_N_TRAIN": "lots"}
-    proc = subprocess.run([sys.executable, "-m", "gpnas.experiments.cli", "train", "yolor-csp-nano", "--steps", "1",
-                           "--json"], cwd=ROOT, env={**os.environ, **env_bad, "GPNAS_CACHE": str(tmp_path)},
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli(ROOT, "train", "yolor-csp-nano", "--steps", "1", "--json",
+                   env={**cli_env(), **env_bad, "GPNAS_CACHE": str(tmp_path)})
     assert proc.returncode == 2
     assert "GPNAS_DIGITS_N_TRAIN" in proc.stderr
 

@@ -10,7 +10,6 @@ import copy
 import io
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image
+from searchutil import gpnas, run_cli
 
 from gpnas.experiments.config import MAX_CONFIG_BYTES, load_config
 from gpnas.search_space.builder import MAX_PARAMS, build_detector, check_size, count_params, planned_params
@@ -28,12 +28,10 @@ from gpnas.trainers.coco_files import validate_coco_dict
 from gpnas.trainers.data import CocoDetection
 from gpnas.trainers.datasets import ProxyData
 
-GPNAS = [sys.executable, "-m", "gpnas.experiments.cli"]
-
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``gpnas ARGS`` run in ``tmp_path`` as a user runs it; asserts the one-paragraph refusal (exit 2)."""
-    out = subprocess.run([*GPNAS, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = run_cli(tmp_path, *args)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Traceback" not in out.stderr and out.stderr.startswith("error:"), out.stderr[-2000:]
     return out
@@ -356,6 +354,7 @@ def test_spec_bounds_keep_every_spec_buildable(changes: dict[str, Any], needle: 
         ArchSpec.from_dict({**get_preset("yolor-csp-nano").model_dump(), **changes})
 
 
+@pytest.mark.slow  # the command in a subprocess, three times
 @pytest.mark.parametrize(("width", "needles"), [
     (4.0, ["would have 581,330,574 parameters", "width_multiple 4", "depth_multiple 0.34", "MAX_PARAMS"]),
     (64, ["would have 148,696,357,134 parameters", "width_multiple 64", "depth_multiple 0.34"]),
@@ -363,8 +362,7 @@ def test_spec_bounds_keep_every_spec_buildable(changes: dict[str, Any], needle: 
 ])
 def test_describe_refuses_a_huge_width_fast(tmp_path: Path, width: float, needles: list[str]) -> None:
     exported = tmp_path / "nano.yaml"
-    subprocess.run([*GPNAS, "describe", "yolor-csp-nano", "--export-spec", str(exported), "--json"], check=True,
-                   capture_output=True, timeout=300, cwd=tmp_path)
+    gpnas(tmp_path, "describe", "yolor-csp-nano", "--export-spec", str(exported), "--json")
     spec = yaml.safe_load(exported.read_text())
     spec["width_multiple"] = width
     edited = tmp_path / "huge.yaml"
