@@ -14,9 +14,9 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the deploy extra (make setup installs it)")
 
+from gpnas.errors import ConfigError
 from gpnas.results.deploy import ATOL, DeployModel, DeployOptions, ExportCheckFailed, export_model, verify_export
 from gpnas.search_space.builder import build_detector
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.presets import get_preset
 
 NANOS = ["yolor-v3-nano", "yolor-prn-nano", "yolor-csp-nano", "yolor-elan-nano"]
