@@ -119,8 +119,8 @@ def parse_config(args: list[str]) -> str:
 
 def parse(groups: list[str]) -> int:
     """Each group (KIND ARGS..., groups separated by ``---``) parsed; the first failure stops with its message."""
+    from gpnas.errors import GpnasError
     from gpnas.experiments.cli_output import click_classes
-    from gpnas.search_space.errors import GpnasError
 
     kinds: dict[str, Callable[[list[str]], str]] = {"cli": parse_cli, "torchrun": parse_torchrun,
                                                    "config": parse_config}

@@ -39,7 +39,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     parser.add_argument("--parse-only", action="store_true", help="check the arguments and exit")
     args = parser.parse_args(argv)
-    from gpnas.search_space.errors import GpnasError
+    from gpnas.errors import GpnasError
     from gpnas.search_space.presets import get_preset
 
     try:

@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 
 import torch
 
+from gpnas.errors import GpnasError
 from gpnas.experiments import stages
-from gpnas.search_space.errors import GpnasError
 from gpnas.search_space.presets import get_preset
 from gpnas.trainers.datasets import ProxyData
 from gpnas.trainers.proxy import ProxyTrainer

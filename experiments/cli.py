@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from gpnas.errors import GpnasError, SearchAborted
 from gpnas.experiments import cli_options as opt
 from gpnas.experiments.cli_output import add_row, console, print_describe, print_error, print_fidelity, say, table
 from gpnas.experiments.cli_output import print_json as _print_json
-from gpnas.search_space.errors import GpnasError, SearchAborted
 
 # Every command is a StrictCommand: options are checked as they are parsed (cli_options), before the command runs.
 app = opt.StrictTyper(add_completion=False, no_args_is_help=True, help="Gradient-path NAS for real-time detectors.")

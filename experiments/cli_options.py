@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar
 import typer
 from typer.core import TyperCommand
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 
 __all__ = ["BUDGETS", "DEFAULT_ROOT", "DYNAMIC_SIZE_MIN_OPSET", "EXPORT_FORMATS", "OPSETS", "Exclusive",
            "OptionalSearchName", "Port", "Root", "SearchName", "StrictCommand", "StrictTyper", "at_least",

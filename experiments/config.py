@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config_file import MAX_CONFIG_BYTES, apply_override, read_config_file, resolve_config_path
 from gpnas.experiments.config_sections import (
     DIGITS_N_TRAIN,
@@ -33,7 +34,6 @@ from gpnas.experiments.config_sections import (
 from gpnas.objectives.definitions import OBJECTIVES, Direction, directions
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import SearchInfo
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.sections import unknown_key
 from gpnas.trainers.train_config import PROXY_STEPS, TRIAL_MAX_SECONDS, TrainConfig, budget_label
 

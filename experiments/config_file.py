@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 from gpnas.search_space.yaml_load import DuplicateKeyError, load_yaml
 
 __all__ = ["MAX_CONFIG_BYTES", "PACKAGED_CONFIGS", "apply_override", "read_config_file", "resolve_config_path"]

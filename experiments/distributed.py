@@ -17,7 +17,7 @@ from datetime import timedelta
 import torch
 from torch import nn
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 
 __all__ = ["Distributed"]
 

@@ -4,8 +4,9 @@ build -> the stages before training that the config needs, cheapest first (size 
 latency, any registered objective's stage: :mod:`gpnas.experiments.stage_registry`) -> constraints (an infeasible
 candidate is not trained) -> features of the fresh model (gradient statistics at init, zero-cost proxies) -> the
 stages after training (proxy training with per-epoch AP reports, final AP, measured gradient statistics).
-The declared trial failures (invalid spec, infeasible, diverged, out of memory, data error, timeout) are recorded
-states with their reason; anything else is a bug in gpnas and is raised.
+Failures of the candidate (invalid spec, infeasible, diverged, out of memory, timeout) are recorded states with
+their reason; a bad input every trial shares (ConfigError, DataError) and a bug in gpnas are raised: the caller
+stops (:func:`gpnas.errors.trial_level` decides).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
+from gpnas.errors import InfeasibleCandidate, TrialTimeout, trial_level
 from gpnas.experiments import stages
 from gpnas.experiments.config import SearchConfig
 from gpnas.experiments.stage_registry import Stage, StageContext, stages_for
 from gpnas.objectives.definitions import CONSTRAINTS, constraint_values
 from gpnas.results.records import TrialResult
-from gpnas.search_space.errors import GpnasError, InfeasibleCandidate, TrialTimeout
 from gpnas.search_space.spec import ArchSpec
 
 __all__ = ["Reporter", "evaluate_candidate", "failure_result"]
@@ -45,14 +46,14 @@ def _run(chosen: list[Stage], ctx: StageContext) -> None:
 
 
 def _declared_failure(err: BaseException) -> tuple[str, str] | None:
-    """(state, reason) when ``err`` is a declared way for a trial to fail; None for a bug."""
+    """(state, reason) when ``err`` is a failure of the candidate; None for a bad input or a bug (raised)."""
     import torch
 
     if isinstance(err, InfeasibleCandidate):
         return "infeasible", str(err)
     if isinstance(err, TrialTimeout):
         return "timeout", str(err)
-    if isinstance(err, GpnasError):  # invalid spec, diverged, data error, out of memory, config error
+    if trial_level(err) == "candidate":  # invalid spec, diverged, out of memory
         return "failed", f"{type(err).__name__}: {err}"
     if isinstance(err, torch.cuda.OutOfMemoryError) or (
             isinstance(err, RuntimeError) and "can't allocate memory" in str(err)):  # CPU allocator

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import SearchConfig, budget_label, load_config
 from gpnas.experiments.retrain import FidelityPlan, run_plan, run_row
 from gpnas.results.folder import SearchFolder
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 
 

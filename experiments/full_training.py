@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from gpnas.errors import ConfigError
 from gpnas.experiments import stages
 from gpnas.experiments.distributed import Distributed
 from gpnas.experiments.train_checkpoint import best_state, checkpoint_state, restore_checkpoint
 from gpnas.experiments.train_folder import TrainFolder, atomic_save, data_fingerprint, resolve_config
 from gpnas.experiments.train_report import Log, final_report, open_tracker, progress_line
 from gpnas.objectives.accuracy import CocoEvaluator, inference_on_dataset
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 from gpnas.trainers.data import LoaderOptions, to_model_input
 from gpnas.trainers.ema import ModelEMA

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gpnas.search_space.errors import SpecError
+from gpnas.errors import SpecError
 from gpnas.search_space.presets import PRESETS, get_preset
 from gpnas.search_space.spec import MAX_IMG_SIZE, ArchSpec, load_spec
 

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gpnas.errors import GpnasError
 from gpnas.objectives.latency import LatencyProtocol
-from gpnas.search_space.errors import GpnasError
 from gpnas.search_space.spec import ArchSpec, load_spec
 
 __all__ = ["FROM_MANIFEST", "FROM_METADATA", "GraphSpec", "graph_spec", "onnx_latency"]

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gpnas.errors import ConfigError
 from gpnas.results.folder import SearchFolder
-from gpnas.search_space.errors import ConfigError
 
 __all__ = ["check_resources", "child_pids", "cleanup_stale_ray", "import_ray", "prepare_ray", "ray_session"]
 

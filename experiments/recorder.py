@@ -38,8 +38,9 @@ class Recorder:
     """Writes each ending to the study, the trial folder and MLflow; keeps progress figures.
 
     ``internal_error`` holds the traceback of the first trial that failed by a bug in gpnas (not by its
-    candidate): the search then stops (:func:`stop_on_internal_error`), that trial is recorded as failed with
-    the reason, and trials stopped with it stay unrecorded, so `gpnas resume` runs them again.
+    candidate), ``input_error`` the message of the first trial that met a bad input every trial shares (a
+    ConfigError or DataError): either stops the search (:func:`stop_on_internal_error`); that trial is recorded
+    as failed with the reason, and trials stopped with it stay unrecorded, so `gpnas resume` runs them again.
     """
 
     def __init__(self, cfg: SearchConfig, folder: SearchFolder, tracker: MlflowTracker | None,
@@ -50,6 +51,7 @@ class Recorder:
         self.live = LiveRuns(tracker)
         self.running: dict[str, float] = {}
         self.internal_error: str | None = None
+        self.input_error: str | None = None
         self.asked: dict[str, Any] = {}  # Tune trial id -> its open Optuna trial
         self.evaluations: dict[str, list[dict[str, float]]] = {}  # Tune trial id -> its reported evaluations
 
@@ -57,6 +59,11 @@ class Recorder:
         return {}
 
     # ------------------------------------------------------------------------------------------- the figures
+    @property
+    def stopping(self) -> bool:
+        """Whether a trial met a bug or a bad input, so the search stops."""
+        return self.internal_error is not None or self.input_error is not None
+
     @property
     def ended(self) -> list[TrialResult]:
         """Every ending so far: the study's at the start (the first :attr:`loaded`), then this run's."""
@@ -120,6 +127,8 @@ class Recorder:
         self.evaluations.pop(trial_id, None)
         if (result or {}).get("gpnas_state") == "error" and self.internal_error is None:
             self.internal_error = f"trial {ot_trial.number} ({tr.arch_id}):\n{result['gpnas_traceback']}"
+        if (result or {}).get("gpnas_state") == "input_error" and self.input_error is None:
+            self.input_error = f"trial {ot_trial.number} ({tr.arch_id}) met a bad input: {result['gpnas_message']}"
         limits = self.cfg.constraints.model_dump()
         constraints = constraint_values(limits, tr.metrics) if tr.state in ("complete", "infeasible") else {}
         spec_yaml = ArchSpec(**tr.spec).to_yaml() if tr.spec and "invalid_params" not in tr.spec else None
@@ -154,7 +163,7 @@ def _evaluation(result: dict[str, Any]) -> dict[str, float]:
 
 
 def stop_on_internal_error(recorder: Recorder) -> Any:
-    """A Tune stopper that ends the whole search once a trial hit a bug in gpnas."""
+    """A Tune stopper that ends the whole search once a trial hit a bug in gpnas or a bad input."""
     from ray.tune import Stopper
 
     class StopOnInternalError(Stopper):
@@ -165,6 +174,6 @@ def stop_on_internal_error(recorder: Recorder) -> Any:
             return False
 
         def stop_all(self) -> bool:
-            return recorder.internal_error is not None
+            return recorder.stopping
 
     return StopOnInternalError()

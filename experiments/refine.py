@@ -17,13 +17,13 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import SearchConfig
 from gpnas.experiments.retrain import FidelityPlan, run_plan, run_row
 from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder
 from gpnas.results.front import front_summary
 from gpnas.results.records import TrialRecord
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 
 __all__ = ["refine_search", "refine_targets"]

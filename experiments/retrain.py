@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import SearchConfig, budget_label
 from gpnas.objectives.definitions import OBJECTIVES
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 
 __all__ = ["PLAN_FILE", "RUNS_FILE", "FidelityPlan", "key", "load_rows", "run_job", "run_plan", "run_row"]

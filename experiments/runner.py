@@ -3,7 +3,8 @@
 The Optuna study (SQLite in the search folder) is the single source of truth: the searcher writes every
 ending there, with its state and reason, before MLflow hears of it. ``resume`` reads the study, marks the
 trials a killed driver left running as interrupted (their candidates are re-queued) and runs exactly the
-remaining budget. A trial that hits a bug in gpnas stops the search (:class:`SearchAborted`).
+remaining budget. A trial that hits a bug in gpnas stops the search (:class:`SearchAborted`, exit 1); one that
+meets a bad input every trial shares stops it too (:class:`SearchInputError`, exit 2).
 
 The pieces: :mod:`~gpnas.experiments.searcher` (searcher and trainable), :mod:`~gpnas.experiments.recorder`
 (driver-side recording and progress), :mod:`~gpnas.experiments.ray_session` (Ray's lifecycle).
@@ -18,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpnas.errors import ConfigError, SearchAborted, SearchInputError, SearchInterrupted
 from gpnas.experiments.config import SearchConfig, save_config
 from gpnas.experiments.ray_session import check_resources, cleanup_stale_ray, prepare_ray, ray_session
 from gpnas.experiments.recorder import Recorder, progress_callback, stop_on_internal_error
 from gpnas.experiments.scheduler import rung_scheduler
 from gpnas.results import study as st
 from gpnas.results.folder import SearchFolder, folder_lock
-from gpnas.search_space.errors import ConfigError, SearchAborted, SearchInterrupted
 from gpnas.search_space.presets import PRESETS
 from gpnas.search_space.space import SearchSpace
 from gpnas.search_space.spec import ArchSpec
@@ -164,12 +165,16 @@ def _say_where_artifacts_go(cfg: SearchConfig, tracker: MlflowTracker, console: 
 def _finish(cfg: SearchConfig, tracker: MlflowTracker | None, recorder: Recorder, study: Any, storage: Any,
             seconds: float) -> SearchOutcome:
     recs = st.records(study)
-    interrupted = recorder.internal_error is None and st.finished(recs) < cfg.budget.num_trials
+    interrupted = not recorder.stopping and st.finished(recs) < cfg.budget.num_trials
     if interrupted:  # Ctrl-C: what was running is re-queued now, so the study shows no ghost "running" trial
         requeued = _requeue_interrupted(study, storage)
         recs = st.records(study)
     if tracker is not None:
         tracker.finish_search(cfg.info())
+    if recorder.input_error is not None:
+        raise SearchInputError(f"search '{cfg.name}' stopped: {recorder.input_error}. Every trial would fail the "
+                               f"same way, so the search stopped there; after the fix, `gpnas resume "
+                               f"{cfg.search_dir()}` runs the remaining budget (the trial is recorded as failed).")
     if recorder.internal_error is not None:
         raise SearchAborted(f"search '{cfg.name}' stopped: {recorder.internal_error}\nThe trial is recorded as "
                             f"failed; after a fix, `gpnas resume {cfg.search_dir()}` runs the remaining budget.")

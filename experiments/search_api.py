@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpnas.errors import ConfigError, SearchFailed
 from gpnas.experiments.config import SearchConfig, load_config
 from gpnas.results import study as st
 from gpnas.results.folder import CONFIG_FILE, SearchFolder, folder_lock
 from gpnas.results.front import front_summary
 from gpnas.results.records import TrialRecord
-from gpnas.search_space.errors import ConfigError, SearchFailed
 
 if TYPE_CHECKING:  # the runner imports ray lazily; load it only when a search runs
     from rich.console import Console

@@ -7,10 +7,10 @@ public interfaces only: Tune's ``Searcher`` (suggest / on_trial_result / on_tria
 ask-and-tell (``Study.ask``, ``Study.tell``, ``Trial.set_user_attr``), so a new release of either breaks loudly
 or not at all (``tests/test_public_apis.py`` checks that no private attribute is reached for).
 
-A trial ends in one of the declared states (complete, infeasible, failed with a reason, timeout, pruned);
-anything else raised inside the trainable is a bug in gpnas, not a bad candidate: the trainable reports it as
-``gpnas_state = "error"`` with its traceback, and the driver stops the whole search (see
-:class:`gpnas.experiments.recorder.Recorder`).
+A trial ends in one of the declared states (complete, infeasible, failed with a reason, timeout, pruned); a bad
+input that every trial shares (a ConfigError or DataError raised inside the trial) is reported as ``gpnas_state =
+"input_error"`` with its message, anything else as a bug in gpnas (``"error"``, with its traceback); either way the
+driver stops the whole search once (see :class:`gpnas.experiments.recorder.Recorder`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from gpnas.errors import GpnasError, trial_level
 from gpnas.experiments.config import SearchConfig
 from gpnas.experiments.evaluate import evaluate_candidate, failure_result
 from gpnas.results.records import TrialResult
 from gpnas.results.trial_artifacts import log_trial_artifacts, logs_here
-from gpnas.search_space.errors import GpnasError
 from gpnas.search_space.space import SearchSpace
 from gpnas.search_space.spec import ArchSpec
 
@@ -126,17 +126,27 @@ def trainable(config: dict[str, Any], cfg_json: str, base_json: str, weights_dir
         wdir = Path(weights_dir) if here else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         try:
             result = _run_trial(config, SearchConfig(**json.loads(cfg_json)), base_json, wdir)
-        except Exception as exc:  # not a declared trial failure: a bug in gpnas; the driver stops the search
-            failed = failure_result(None, exc, time.perf_counter() - start)
-            failed.reason = f"internal error (a bug in gpnas, not this candidate): {failed.reason}"
-            tune.report({"gpnas_state": "error", "gpnas_result": failed.to_json(),
-                         "gpnas_traceback": "".join(traceback.format_exception(exc))})
+        except Exception as exc:  # not a failure of the candidate: a bad input or a bug; the driver stops the search
+            tune.report(_stopping_report(exc, time.perf_counter() - start))
             return
         result.node = _node()
         _log_artifacts(result, run_id, tracking_uri)
         if not here and result.weights_path:  # the copy that counts is the run's; name where the cache would be
             result.weights_path = str(Path(weights_dir) / Path(result.weights_path).name)
     tune.report({**result.metrics, "gpnas_state": result.state, "gpnas_result": result.to_json()})
+
+
+def _stopping_report(exc: BaseException, seconds: float) -> dict[str, Any]:
+    """The report of a trial that raised something other than a failure of its candidate: a bad input that every
+    trial shares (``gpnas_state = "input_error"``, with its message) or a bug (``"error"``, with its traceback)."""
+    failed = failure_result(None, exc, seconds)
+    if trial_level(exc) == "input":
+        message = f"{type(exc).__name__}: {exc}"
+        failed.reason = f"bad input (it stopped the search): {message}"
+        return {"gpnas_state": "input_error", "gpnas_result": failed.to_json(), "gpnas_message": message}
+    failed.reason = f"internal error (a bug in gpnas, not this candidate): {failed.reason}"
+    return {"gpnas_state": "error", "gpnas_result": failed.to_json(),
+            "gpnas_traceback": "".join(traceback.format_exception(exc))}
 
 
 # ---------------------------------------------------------------------------------------------- driver side

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpnas.errors import ConfigError, TrialTimeout
 from gpnas.experiments import stages
 from gpnas.objectives.definitions import CONSTRAINTS, OBJECTIVES
 from gpnas.results.folder import weights_name
 from gpnas.results.records import TrialResult
-from gpnas.search_space.errors import ConfigError, TrialTimeout
 from gpnas.search_space.spec import ArchSpec
 
 if TYPE_CHECKING:

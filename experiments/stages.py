@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gpnas.search_space.errors import DataError
+from gpnas.errors import DataError
 from gpnas.search_space.spec import ArchSpec
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.train_folder import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, config_to_dict
-from gpnas.search_space.errors import ConfigError
 
 if TYPE_CHECKING:
     from gpnas.experiments.full_training import FullTraining

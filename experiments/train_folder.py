@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gpnas.search_space.errors import ConfigError, DataError
+from gpnas.errors import ConfigError, DataError
 from gpnas.search_space.sections import from_mapping, to_mapping
 from gpnas.search_space.spec import ArchSpec
 from gpnas.trainers.datasets import ProxyData

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import DIGITS_N_TRAIN, DIGITS_N_VAL, DataConfig
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.spec import ArchSpec
 
 __all__ = ["data_config", "digits_sizes", "train_arch", "train_candidate"]

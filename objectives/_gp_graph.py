@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from gpnas.search_space.errors import GpnasError
+from gpnas.errors import GpnasError
 from gpnas.search_space.modules.common import IDENTITY_LEAVES, WEIGHTED_LEAVES, MaskedAdd
 
 #: Name of the virtual loss node (the gradient source of every head).

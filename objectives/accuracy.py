@@ -25,7 +25,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from gpnas.search_space.errors import ConfigError, DataError
+from gpnas.errors import ConfigError, DataError
 from gpnas.trainers.callbacks import Callback
 from gpnas.trainers.coco_files import quiet_coco, read_coco_json, validate_coco_dict
 from gpnas.trainers.data import CocoDetection, ImageMeta, LoaderOptions, make_loader, to_model_input

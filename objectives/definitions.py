@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 
 __all__ = [
     "CONSTRAINTS",

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gpnas.search_space.errors import GpnasError
+from gpnas.errors import GpnasError
 from gpnas.trainers.device_slot import exclusive_device
 
 try:  # POSIX only; without it the CPU lock degrades to a no-op (see latency_lock).

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpnas.errors import ConfigError, GpnasError
 from gpnas.objectives.latency import LatencyProtocol, LatencyResult, _warm_up, cpu_name, latency_lock
-from gpnas.search_space.errors import ConfigError, GpnasError
 
 __all__ = ["input_shape", "measure_onnx_latency", "onnx_metadata", "onnx_session", "run_onnx"]
 

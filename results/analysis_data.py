@@ -19,9 +19,9 @@ from typing import Literal
 
 import numpy as np
 
+from gpnas.errors import ConfigError
 from gpnas.objectives.gp_features import POST_TRAINING_FEATURES
 from gpnas.results.records import SearchInfo
-from gpnas.search_space.errors import ConfigError
 
 __all__ = ["FEATURE_PREFIXES", "MIN_TRIALS", "TARGETS", "Dataset", "Row", "build_dataset", "fidelity_targets",
            "is_feature", "size_metric"]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpnas.search_space.errors import ConfigError, GpnasError
+from gpnas.errors import ConfigError, GpnasError
 from gpnas.search_space.spec import ArchSpec
 
 __all__ = ["ARCH_ID_KEY", "ATOL", "DECODE_KEY", "DEFAULT_OPSET", "FORMATS", "SPEC_KEY", "DeployModel", "DeployOptions",

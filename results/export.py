@@ -13,12 +13,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gpnas.errors import ConfigError
 from gpnas.objectives.definitions import metric_names
 from gpnas.results import study as st
 from gpnas.results.folder import SPEC_FILE, weights_name
 from gpnas.results.front import FrontSummary, competing, front_summary
 from gpnas.results.records import SearchInfo, TrialRecord
-from gpnas.search_space.errors import ConfigError
 
 __all__ = ["PICKS", "check_out", "export", "pareto_rows", "pick_records"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 
 try:  # POSIX only; without it a folder has no owner lock (see folder_lock)
     import fcntl

@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from gpnas.errors import ConfigError
 from gpnas.results.folder import REPORT_DIR, SearchFolder
-from gpnas.search_space.errors import ConfigError
 
 __all__ = ["PARAM_LIMIT", "MlflowStore", "flatten", "folder_filter", "folder_id"]
 

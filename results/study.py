@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpnas.errors import ConfigError
 from gpnas.objectives.definitions import get_objective
 from gpnas.results.folder import SearchFolder
 from gpnas.results.records import COUNTED_STATES, TrialRecord, TrialResult
-from gpnas.search_space.errors import ConfigError
 
 if TYPE_CHECKING:
     import optuna

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from gpnas.errors import ConfigError
 from gpnas.results.analysis_data import MIN_TRIALS, Row, size_metric
-from gpnas.search_space.errors import ConfigError
 
 __all__ = ["CV_REPEATS", "GBR_SETTINGS", "SIZE_INPUTS", "CrossValidation", "Surrogate", "cross_validate",
            "design", "fit_surrogate", "rho"]

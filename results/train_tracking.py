@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 
 __all__ = ["TrainRunTracker"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from gpnas.errors import ConfigError
 from gpnas.results.folder import SearchFolder
 from gpnas.results.mlflow_store import MlflowStore
-from gpnas.search_space.errors import ConfigError
 
 __all__ = ["serve_ui"]
 

@@ -16,8 +16,4 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "get_preset": "presets",
     "build_detector": "builder",
     "Detector": "builder",
-    "GpnasError": "errors",
-    "SpecError": "errors",
-    "ConfigError": "errors",
-    "DataError": "errors",
 })

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import gpnas.search_space.modules  # noqa: F401  (registers every block family)
-from gpnas.search_space.errors import SpecError
+from gpnas.errors import SpecError
 from gpnas.search_space.modules.common import ConvUnit
 from gpnas.search_space.modules.heads import NUM_MASKS, PROTO_WIDTH, Detect, Proto
 from gpnas.search_space.modules.registry import NECKS, STAGE_BLOCKS

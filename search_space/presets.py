@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gpnas.search_space.errors import SpecError
+from gpnas.errors import SpecError
 from gpnas.search_space.spec import ANCHORS_V3, ANCHORS_YOLOR, ArchSpec
 
 #: Anchors for the digits set at 160×160 (boxes of about 10–64 px), 3 per level.

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 
 __all__ = ["from_mapping", "is_number", "is_whole", "section_keys", "to_mapping", "unknown_key"]
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 from gpnas.search_space.sections import from_mapping, is_number
 from gpnas.search_space.spec import NUM_STAGES, PER_STAGE, ArchSpec
 

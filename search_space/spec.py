@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from gpnas.search_space.errors import SpecError
+from gpnas.errors import SpecError
 from gpnas.search_space.yaml_load import DuplicateKeyError, load_yaml
 
 SCHEMA_VERSION = 1

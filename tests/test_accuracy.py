@@ -14,8 +14,8 @@ import torch
 from pycocotools.coco import COCO
 from torch import nn
 
+from gpnas.errors import DataError
 from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator, ValEvaluation, inference_on_dataset
-from gpnas.search_space.errors import DataError
 from gpnas.trainers.data import CocoDetection, make_loader
 from gpnas.trainers.digits import build_digits_dataset
 from gpnas.trainers.proxy import ProxyTrainer

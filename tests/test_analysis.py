@@ -14,11 +14,11 @@ from scipy.stats import rankdata, spearmanr
 from scipy.stats import t as student_t
 from searchutil import cli_env, run_cli
 
+from gpnas.errors import ConfigError
 from gpnas.results.analysis import analyze_dataset, partial_spearman
 from gpnas.results.analysis_data import MIN_TRIALS, Dataset, Row, build_dataset
 from gpnas.results.records import SearchInfo
 from gpnas.results.surrogate import cross_validate, fit_surrogate
-from gpnas.search_space.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------ partial Spearman

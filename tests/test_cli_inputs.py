@@ -12,10 +12,10 @@ import typer
 import yaml
 from searchutil import cli_env, run_cli
 
+from gpnas.errors import ConfigError, SpecError
 from gpnas.experiments import cli_options as opt
 from gpnas.experiments.cli import app
 from gpnas.experiments.config_file import apply_override, read_config_file
-from gpnas.search_space.errors import ConfigError, SpecError
 from gpnas.search_space.spec import load_spec
 from gpnas.search_space.yaml_load import DuplicateKeyError, load_yaml
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import PROXY_STEPS, load_config
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.presets import get_preset
 from gpnas.search_space.space import SearchSpace
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from gpnas.errors import DataError
 from gpnas.objectives.accuracy import CocoEvaluator
-from gpnas.search_space.errors import DataError
 from gpnas.trainers import digits as digits_module
 from gpnas.trainers.augment import Augment, colour_matrix
 from gpnas.trainers.data import PAD_VALUE, CocoDetection, LoaderOptions, collate, make_loader, to_model_input

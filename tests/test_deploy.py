@@ -13,9 +13,9 @@ from searchutil import run_cli
 
 pytest.importorskip("onnxruntime", reason="the deploy extra (make setup installs it)")
 
+from gpnas.errors import ConfigError
 from gpnas.results.deploy import ATOL, DeployModel, DeployOptions, ExportCheckFailed, export_model, verify_export
 from gpnas.search_space.builder import build_detector
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.presets import get_preset
 
 pytestmark = pytest.mark.slow  # exports of every nano preset, each checked on 100 images: minutes on 2 cores

@@ -1,5 +1,5 @@
 """The house rules of the code base, checked on the source: one import namespace, imports that flow one way
-(search_space → trainers → objectives → results → experiments) without cycles, and no public name that a
+(errors → search_space → trainers → objectives → results → experiments) without cycles, and no public name that a
 package's face promises but does not have."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORS = ("search_space", "trainers", "objectives", "results", "experiments")
+FLOORS = ("errors", "search_space", "trainers", "objectives", "results", "experiments")
 
 
 def _module_name(path: Path) -> str:

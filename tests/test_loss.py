@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from gpnas.search_space.errors import ConfigError, DataError
+from gpnas.errors import ConfigError, DataError
 from gpnas.trainers.anchors import DEFAULT_ANCHORS_V3, DEFAULT_ANCHORS_YOLOR, anchor_fitness, fit_anchors
 from gpnas.trainers.loss import LossHyp, YoloLoss, bbox_ciou, build_targets
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import load_config
 from gpnas.experiments.prescreen import Prescreen, rank_by_hypervolume_gain, rank_by_proxy
-from gpnas.search_space.errors import ConfigError
 
 
 def test_hypervolume_gain_prefers_what_extends_the_front() -> None:

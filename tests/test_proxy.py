@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpnas.errors import ConfigError, TrainingDiverged
 from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator, ValEvaluation, inference_on_dataset, val_evaluation
 from gpnas.search_space.builder import build_detector
-from gpnas.search_space.errors import ConfigError, TrainingDiverged
 from gpnas.search_space.presets import ANCHORS_DIGITS, get_preset
 from gpnas.trainers.callbacks import Callback, EarlyStopping
 from gpnas.trainers.data import LoaderOptions

@@ -331,6 +331,37 @@ def test_same_config_twice_gives_the_same_candidates_aps_and_front(finished_sear
     assert front1 == front2
 
 
+def test_a_bad_input_found_inside_a_trial_stops_the_search_once_with_exit_2(tmp_path: Path) -> None:
+    """A DataError raised inside a trial (here injected into proxy training through sitecustomize: the dataset does
+    not match the spec) is the input's fault, the same for every trial: the search stops after the first one with
+    exit 2 and the message, without a traceback, and resumes after the fix."""
+    from gpnas.results.study import load_study, records
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import gpnas.experiments.stages as stages\n"
+        "from gpnas.errors import DataError\n"
+        "def _mismatch(*args, **kwargs):\n"
+        "    raise DataError('the dataset has 3 classes but the spec builds 10; set num_classes')\n"
+        "stages.train = _mismatch\n")
+    path = write_config(tmp_path, "badinput", 4, budget={"num_trials": 4, "max_concurrent": 1, "cpu": 1},
+                        space={"base": "yolor-csp-nano", "genes": {"block": {"choices": ["residual", "csp"]}}})
+    env = {**cli_env(), "PYTHONPATH": str(inject)}
+    out = run_cli(tmp_path, "search", "--config", str(path), "--no-mlflow", env=env, timeout=400)
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stderr.count("the dataset has 3 classes") == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "gpnas resume" in out.stderr and "gpnas bug" not in out.stderr, out.stderr[-3000:]
+    folder = tmp_path / "runs" / "badinput"
+    ended = [r for r in records(load_study(folder, "badinput")) if r.state not in ("running", "waiting")]
+    assert len(ended) == 1 and ended[0].state == "failed", [(r.number, r.state) for r in ended]
+    assert "bad input" in (ended[0].reason or "") and "DataError" in (ended[0].reason or "")
+    fixed = run_cli(tmp_path, "resume", str(folder), "--no-mlflow", timeout=400)  # the fix: no injection
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
+    done = [r for r in records(load_study(folder, "badinput")) if r.state not in ("running", "waiting")]
+    assert len(done) == 4, [(r.number, r.state) for r in done]
+
+
 def test_a_bug_in_gpnas_inside_a_trial_stops_the_search_once(tmp_path: Path) -> None:
     """A bug (here a ZeroDivisionError injected into the size stage of every process through sitecustomize) is not
     a failed candidate: the search stops after the first trial with exit 1 and one report, not N failed trials."""

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpnas.search_space.errors import SpecError
+from gpnas.errors import SpecError
 from gpnas.search_space.presets import PRESETS, get_preset
 from gpnas.search_space.spec import ArchSpec, load_spec
 

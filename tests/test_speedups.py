@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpnas.errors import ConfigError
 from gpnas.search_space.builder import build_detector
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.modules.common import ConvUnit, to_memory_format
 from gpnas.search_space.presets import ANCHORS_DIGITS, get_preset
 from gpnas.trainers import speedups

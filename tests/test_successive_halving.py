@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import load_config
 from gpnas.experiments.successive_halving import SuccessiveHalving
 from gpnas.results.pareto import hypervolume_contributions
-from gpnas.search_space.errors import ConfigError
 
 
 def test_hypervolume_contribution_is_what_the_front_loses_without_a_point() -> None:

@@ -21,6 +21,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import SearchConfig, load_config, save_config
 from gpnas.experiments.evaluate import evaluate_candidate
 from gpnas.experiments.stage_registry import Stage, StageContext, register_stage, stages_for, unregister_stage
@@ -34,7 +35,6 @@ from gpnas.objectives.definitions import (
 )
 from gpnas.results import study as st
 from gpnas.results.records import TrialRecord
-from gpnas.search_space.errors import ConfigError
 from gpnas.search_space.presets import get_preset
 
 ENERGY_PER_GFLOP = 2.0  # mJ: the toy's whole model

@@ -34,8 +34,8 @@ def test_bad_digits_size_knob_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_digits_size_knob_must_be_positive(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpnas.errors import ConfigError
     from gpnas.experiments.train_one import digits_sizes
-    from gpnas.search_space.errors import ConfigError
 
     monkeypatch.setenv("GPNAS_DIGITS_N_VAL", value)
     with pytest.raises(ConfigError, match="GPNAS_DIGITS_N_VAL"):

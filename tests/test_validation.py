@@ -19,9 +19,9 @@ import yaml
 from PIL import Image
 from searchutil import gpnas, run_cli
 
+from gpnas.errors import ConfigError, DataError, SpecError
 from gpnas.experiments.config import MAX_CONFIG_BYTES, load_config
 from gpnas.search_space.builder import MAX_PARAMS, build_detector, check_size, count_params, planned_params
-from gpnas.search_space.errors import ConfigError, DataError, SpecError
 from gpnas.search_space.presets import PRESETS, get_preset
 from gpnas.search_space.spec import ArchSpec
 from gpnas.trainers.coco_files import validate_coco_dict

@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from gpnas.search_space.errors import DataError
+from gpnas.errors import DataError
 
 __all__ = ["DEFAULT_ANCHORS_V3", "DEFAULT_ANCHORS_YOLOR", "anchor_fitness", "fit_anchors"]
 

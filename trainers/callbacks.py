@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn

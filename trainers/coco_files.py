@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 from pycocotools.coco import COCO
 
-from gpnas.search_space.errors import DataError
+from gpnas.errors import DataError
 
 __all__ = ["quiet_coco", "read_coco_json", "read_image_rgb", "validate_coco_dict"]
 

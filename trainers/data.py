@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from gpnas.search_space.errors import DataError
+from gpnas.errors import DataError
 from gpnas.trainers.augment import Augment, jitter_colour
 from gpnas.trainers.coco_files import quiet_coco, read_coco_json, read_image_rgb, validate_coco_dict
 

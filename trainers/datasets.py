@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gpnas.search_space.errors import DataError
+from gpnas.errors import DataError
 from gpnas.trainers.augment import Augment
 from gpnas.trainers.data import CocoDetection, LoaderOptions, make_loader
 from gpnas.trainers.digits import build_digits_dataset

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gpnas.search_space.errors import DataError
+from gpnas.errors import DataError
 
 __all__ = ["GENERATOR_VERSION", "DigitsPaths", "build_digits_dataset", "default_cache_dir"]
 

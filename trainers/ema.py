@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 from gpnas.trainers.callbacks import Callback
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from gpnas.search_space.errors import ConfigError, DataError
+from gpnas.errors import ConfigError, DataError
 from gpnas.search_space.sections import is_number
 
 __all__ = ["LevelTargets", "LossHyp", "YoloLoss", "bbox_ciou", "build_targets"]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpnas.search_space.errors import ConfigError, TrainingDiverged
+from gpnas.errors import ConfigError, TrainingDiverged
 from gpnas.trainers.callbacks import Callback
 from gpnas.trainers.data import to_model_input
 from gpnas.trainers.datasets import ProxyData

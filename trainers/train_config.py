@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from gpnas.search_space.errors import ConfigError
+from gpnas.errors import ConfigError
 from gpnas.search_space.sections import is_number, is_whole
 from gpnas.trainers.data import LoaderOptions
 from gpnas.trainers.loss import LossHyp

@@ -1,10 +1,21 @@
-"""Every failure that means something has its own type (STYLE.md 9).
+"""How a failure is named: every failure that means something has its own type, on the ground floor (every other
+package imports from here; this package imports nothing of gpnas).
 
-Each one is a ValueError or RuntimeError subclass, so callers that only know the builtin types still catch them,
-and each message names the file, field or value and says how to fix it.
+Each message names the file, field or value and says how to fix it. A failure inside a search has one of three
+levels, decided by its type (:func:`trial_level`):
+
+- **the candidate** (:class:`SpecError`, :class:`InfeasibleCandidate`, :class:`TrainingDiverged`,
+  :class:`OutOfMemory`, :class:`TrialTimeout`): the trial is recorded with its reason and the search goes on;
+- **the input** (:class:`ConfigError`, :class:`DataError`): every trial would fail the same way, so the first one
+  stops the search, once, with exit code 2 and the message (:class:`SearchInputError`); after a fix, ``gpnas
+  resume`` runs the remaining budget;
+- **a bug in gpnas** (anything else): the search stops once with exit code 1 and the traceback
+  (:class:`SearchAborted`).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 
 class GpnasError(Exception):
@@ -58,3 +69,17 @@ class SearchFailed(GpnasError):
     """The search spent its budget but no trial completed (every one failed, timed out or was infeasible)."""
 
     exit_code = 3
+
+
+class SearchInputError(GpnasError):
+    """A trial met a bad input that every trial shares (a :class:`ConfigError` or :class:`DataError`, e.g. a dataset
+    whose class count does not match the spec): the search stopped after that trial instead of failing each one."""
+
+
+def trial_level(err: BaseException) -> Literal["candidate", "input", "bug"]:
+    """Which level a failure inside a trial belongs to (see the module's docstring)."""
+    if isinstance(err, (ConfigError, DataError)):
+        return "input"
+    if isinstance(err, GpnasError):
+        return "candidate"
+    return "bug"
