@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+__all__ = ["ConfigError", "DataError", "GpnasError", "InfeasibleCandidate", "OutOfMemory", "SearchAborted",
+           "SearchFailed", "SearchInputError", "SearchInterrupted", "SpecError", "TrainingDiverged", "TrialTimeout",
+           "trial_level"]
+
 
 class GpnasError(Exception):
     """Base of gpnas' own errors: the CLI prints these as one paragraph, without a traceback, and exits with
