@@ -206,13 +206,20 @@ def run_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
     model = stages.build(spec, seed=seed)
     losses: list[float] = []
     window: list[float] = []
+    part_losses: dict[str, list[float]] = {"box": [], "obj": [], "cls": []}
+    part_window: dict[str, list[float]] = {k: [] for k in part_losses}
 
     class Record(Callback):
         def on_step_end(self, trainer: Any, parts: dict[str, float]) -> None:
             window.append(float(parts["total"]))
+            for k in part_window:
+                part_window[k].append(float(parts[k]))
             if len(window) == LOSS_WINDOW:
                 losses.append(sum(window) / LOSS_WINDOW)
                 window.clear()
+                for k, w in part_window.items():
+                    part_losses[k].append(sum(w) / LOSS_WINDOW)
+                    w.clear()
 
         def on_evaluate(self, trainer: Any, model: Any, metrics: dict[str, float]) -> None:
             metrics["val_loss"] = val_loss(model, data, trainer.device)
@@ -222,7 +229,8 @@ def run_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
     return {"arch": name, "setting": key, "seed": seed, "steps": steps, "arch_id": spec.arch_id,
             "img": spec.img_size, "ap": fit.ap, "ap50": fit.ap50, "val_loss": fit.metrics.get("val_loss"),
             "curve": [{k: h.get(k) for k in ("step", "ap", "ap50", "val_loss")} for h in fit.history],
-            "train_loss": losses, "loss_window": LOSS_WINDOW, "train_seconds": fit.train_seconds,
+            "train_loss": losses, "train_loss_parts": part_losses, "loss_window": LOSS_WINDOW,
+            "train_seconds": fit.train_seconds,
             "wall_seconds": time.time() - t0, "device": device, "machine": machine(), "threads": 1,
             "commit": commit(), "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}
 

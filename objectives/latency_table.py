@@ -246,6 +246,7 @@ class LatencyTable:
         self.path = path or cache_dir() / f"{digest}.json"
         self.entries: dict[str, float] = {}
         self.overhead: tuple[float, float] | None = None  # (scale, c0 ms)
+        self.calibration: list[tuple[float, float]] = []  # (Σ entries, measured ms) per network, when fitted here
 
     @classmethod
     def load(cls, protocol: LatencyProtocol, path: Path | None = None) -> LatencyTable:
@@ -303,13 +304,15 @@ class LatencyTable:
         from gpnas.search_space.presets import get_preset
 
         reference = replace(self.protocol, repeats=3 * self.protocol.repeats)  # the fit is only as good as these
-        rows = []
-        for name in CALIBRATION:
-            for width in CALIBRATION_WIDTHS:
-                model = build_detector(get_preset(name).replace(width_multiple=width))
-                total, _, _ = self.layers_sum(model)
-                quiet = min(measure_latency(model, reference).median_ms for _ in range(_ROUNDS))
-                rows.append((total, quiet))
+        models = [build_detector(get_preset(name).replace(width_multiple=width))
+                  for name in CALIBRATION for width in CALIBRATION_WIDTHS]
+        totals = [self.layers_sum(model)[0] for model in models]
+        quiet = [math.inf] * len(models)
+        for _ in range(_ROUNDS):  # interleaved, as the entries: a burst of noise spoils one round of each network
+            for i, model in enumerate(models):
+                quiet[i] = min(quiet[i], measure_latency(model, reference).median_ms)
+        rows = list(zip(totals, quiet, strict=True))
+        self.calibration = rows
         a = np.array([[total, 1.0] for total, _ in rows])
         coef, *_ = np.linalg.lstsq(a, np.array([measured for _, measured in rows]), rcond=None)
         self.overhead = (float(coef[0]), float(coef[1]))
