@@ -28,6 +28,7 @@ def _helper() -> ModuleType:
     return module
 
 
+@pytest.mark.slow  # every step's command parsed in a subprocess
 def test_the_dry_run_checks_every_step_within_a_minute(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PY": sys.executable}
     start = time.perf_counter()

@@ -177,9 +177,13 @@ def test_pareto_and_export_show_it(toy_search: ToySearch, tmp_path: Path) -> Non
             export(cfg.info(), "joules<1", tmp_path / "none")
 
 
-def test_the_pareto_command_has_a_column_for_it(toy_search: ToySearch) -> None:
+def test_the_pareto_command_has_a_column_for_it(toy_search: ToySearch, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpnas.experiments import cli_output
     from gpnas.experiments.cli import app
 
+    # the command prints through a console made when cli_output was first imported (by whichever test came first),
+    # which read the terminal's width then: COLUMNS below cannot widen it any more
+    monkeypatch.setattr(cli_output.console, "width", 200)
     with toy_objective():
         out = CliRunner().invoke(app, ["pareto", str(toy_search.cfg.folder().path)], env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output

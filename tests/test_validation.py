@@ -136,6 +136,7 @@ def test_bad_config_files_are_refused_naming_the_file(tmp_path: Path, kind: str,
     assert str(path) in str(info.value) and needle in str(info.value), str(info.value)
 
 
+@pytest.mark.slow  # the command in a subprocess, once per case
 @pytest.mark.parametrize(("args", "needles"), [
     (["--config", "{empty}"], ["empty.yaml", "is empty"]),
     (["--config", "{binary}"], ["binary.yaml", "not UTF-8 text"]),
