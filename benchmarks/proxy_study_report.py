@@ -7,6 +7,9 @@
    mean training loss over the last quarter of the run): Spearman ρ and Kendall τ against the reference's seed
    mean (whole panel, size-matched), the proxy's seed-to-seed ρ, partial ρ controlling GFLOPs and params, top-3
    overlap, relative cost; GFLOPs and params as baselines; the issue's targets, pass or fail.
+3. When localisation starts (rows that record the loss parts): the first step at which the box term's 10-step mean
+   falls below ``TAKE_OFF_BOX`` × its plateau value (the level it reaches by step 60), per setting: how many runs
+   took off within the budget, the median take-off step, and how far AP follows it (ρ of AP against -step).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from scipy import stats
 
 TARGETS = {"rho_all": 0.8, "rho_matched": 0.6, "seed_rho": 0.8, "margin": 0.1, "split_half": 0.7}
 SCORES = ("ap", "ap50", "val_loss", "tse")  # losses enter negated: higher is better for every score
+TAKE_OFF_BOX = 0.9  # the box term below 90 % of its plateau: the model has started to localise
 
 
 def score(row: dict[str, Any], name: str) -> float | None:
@@ -211,8 +215,39 @@ def self_table(rows: list[dict[str, Any]], sizes: dict[str, dict[str, float]]) -
     return [*lines, ""]
 
 
+def take_off_step(row: dict[str, Any]) -> int | None:
+    """The first step whose 10-step box-loss window is below TAKE_OFF_BOX × the plateau (the window that ends at
+    step 60); None when the run never got there, or when the row has no loss parts (runs before 2026-12-07)."""
+    box = (row.get("train_loss_parts") or {}).get("box") or []
+    window = int(row.get("loss_window", 10))
+    first = 60 // window - 1
+    if len(box) <= first:
+        return None
+    plateau = box[first]
+    return next(((i + 1) * window for i, b in enumerate(box) if i > first and b < TAKE_OFF_BOX * plateau), None)
+
+
+def take_off_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## 3. When localisation starts (runs with loss parts)", "",
+             f"take-off: the box term's 10-step mean below {TAKE_OFF_BOX:g} x its value at step 60", "",
+             "| setting | runs with parts | took off | median take-off step | rho(AP, -take-off step) |",
+             "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        chosen = [r for r in rows if r["setting"] == setting and r.get("train_loss_parts")]
+        if not chosen:
+            continue
+        steps = [(take_off_step(r), r["ap"]) for r in chosen]
+        off = [(st, ap) for st, ap in steps if st is not None]
+        median = f"{statistics.median(st for st, _ in off):.0f}" if off else "n/a"
+        # a run that never took off ranks after every run that did
+        order = [-(st if st is not None else 10**9) for st, _ in steps]
+        r_ap = stats.spearmanr(order, [ap for _, ap in steps]).statistic if len(steps) > 2 else float("nan")
+        lines.append(f"| {setting} | {len(chosen)} | {len(off)} | {median} | {fmt(r_ap)} |")
+    return [*lines, ""]
+
+
 def report(rows: list[dict[str, Any]], *, reference: str, sizes: dict[str, dict[str, float]]) -> str:
     machines = sorted({f"{r['machine']} ({r['device']})" for r in rows})
     head = [f"# Proxy study: {len(rows)} runs", "machines: " + "; ".join(machines), ""]
     return "\n".join(head + self_table(rows, sizes) + reference_table(rows, reference)
-                     + proxy_table(rows, reference, sizes))
+                     + proxy_table(rows, reference, sizes) + take_off_table(rows))
