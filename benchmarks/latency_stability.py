@@ -60,10 +60,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=8)
     args = parser.parse_args()
+    from latency_predictor import _commit  # beside this file
+
     from gpnas.objectives.latency import cpu_name
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"gpnas latency stability · {time.strftime('%Y-%m-%d %H:%M')} · commit {commit or '?'} · {cpu_name()}, "
+    print(f"gpnas latency stability · {time.strftime('%Y-%m-%d %H:%M')} · commit {_commit()} · {cpu_name()}, "
           f"{os.cpu_count()} cores · Python {platform.python_version()}")
     print("protocol: the demo's (cpu, batch 1, fp32, 160 px, 1 thread), 30 repeats; 3 measurements per model per "
           "process\n")
