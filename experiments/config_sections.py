@@ -259,11 +259,12 @@ class LatencyConfig(_Section):
 class EarlyStoppingConfig(_Section):
     """Asynchronous successive halving inside Ray Tune (:mod:`gpnas.experiments.successive_halving`).
 
-    ``type``: ``none`` (every candidate trains its whole budget), ``asha`` (rank at each rung by AP alone) or
-    ``mo-asha`` (rank by Pareto rank on the search's objectives with AP taken at the rung, ties by hypervolume
-    contribution). Rungs at budget/η, budget/η², ... (η = ``reduction_factor``, rounded) down to ``min_budget``,
-    in the trainer's work unit (``train.steps``, else ``train.epochs``); at each rung a trial continues when it
-    is in the top 1/η of the trials seen there. ``min_budget`` null: budget/η² (two rungs).
+    ``type``: ``none`` (every candidate trains its whole budget), ``asha`` (rank at each rung by the score alone:
+    the first objective measured in training, ``val_loss`` or ``ap``) or ``mo-asha`` (rank by Pareto rank on the
+    search's objectives with the score taken at the rung, ties by hypervolume contribution). Rungs at budget/η,
+    budget/η², ... (η = ``reduction_factor``, rounded) down to ``min_budget``, in the trainer's work unit
+    (``train.steps``, else ``train.epochs``); at each rung a trial continues when it is in the top 1/η of the
+    trials seen there. ``min_budget`` null: budget/η² (two rungs).
     """
 
     type: Literal["none", "asha", "mo-asha"] = "none"
@@ -275,7 +276,7 @@ class EarlyStoppingConfig(_Section):
     def _old_keys(cls, data: Any) -> Any:
         if isinstance(data, dict) and ("asha" in data or "grace_period" in data):
             old = data.get("asha")
-            kind = "none" if old is False else "asha (AP only) or mo-asha (Pareto rank)"
+            kind = "none" if old is False else "asha (the score only) or mo-asha (Pareto rank)"
             raise ValueError(f"early_stopping.asha and early_stopping.grace_period were replaced: write "
                              f"early_stopping.type: {kind}, with early_stopping.min_budget (the first rung, in "
                              "train.steps or train.epochs; grace_period counted epochs) and "

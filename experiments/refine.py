@@ -59,8 +59,10 @@ def _summary(rows: list[dict[str, Any]], rec: TrialRecord, budget: dict[str, Any
     if not ok:
         return None
     aps, ap50s = [float(r["ap"]) for r in ok], [float(r["ap50"]) for r in ok]
+    losses = [float(r.get("val_loss", math.nan)) for r in ok]
     return {"ap_mean": statistics.fmean(aps), "ap_sd": statistics.stdev(aps) if len(aps) > 1 else 0.0,
-            "ap50_mean": statistics.fmean(ap50s), "ap": aps, "seeds": [r["seed"] for r in ok],
+            "ap50_mean": statistics.fmean(ap50s), "val_loss_mean": statistics.fmean(losses), "ap": aps,
+            "seeds": [r["seed"] for r in ok],
             "budget": {k: v for k, v in budget.items() if v is not None},
             "ap_proxy": rec.metric("ap") if rec.result is not None else math.nan,
             "failed": [{"seed": r["seed"], "state": r["state"], "reason": r["reason"]}

@@ -100,7 +100,8 @@ def run_row(label: str, kind: str, seed: int, result: Any) -> dict[str, Any]:
     aps = [h["ap"] for h in result.history if "ap" in h]
     return {"label": label, "kind": kind, "seed": seed, "arch_id": result.arch_id, "state": result.state,
             "reason": result.reason, "ap": m.get("ap", math.nan), "ap50": m.get("ap50", math.nan),
-            "ap_last2": sum(aps[-2:]) / len(aps[-2:]) if aps else math.nan, "history_ap": aps,
+            "val_loss": m.get("val_loss", math.nan), "ap_last2": sum(aps[-2:]) / len(aps[-2:]) if aps else math.nan,
+            "history_ap": aps,
             "steps": m.get("steps"), "train_seconds": m.get("train_seconds"),
             "evaluate_seconds": result.evaluate_seconds,
             **{k: v for k, v in m.items() if k in ("gflops", "params") or k.startswith("gp_")}}

@@ -5,6 +5,7 @@ search keeps it; a trial stopped at a rung ends as ``pruned``, its reason saying
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from gpnas.experiments.config import SearchConfig
@@ -34,7 +35,7 @@ class RungBook:
             unit, budgets = cfg.rungs()
             self.unit = unit.removesuffix("s")  # the key of the reported metrics: step / epoch
             self.halving = SuccessiveHalving(budgets, cfg.early_stopping.reduction_factor, cfg.objectives,
-                                             mode="ap" if cfg.early_stopping.type == "asha" else "mo")
+                                             mode="score" if cfg.early_stopping.type == "asha" else "mo")
 
     def restore(self, recs: list[TrialRecord]) -> None:
         """The decisions the study holds (kept on resume), where the rungs are still the same."""
@@ -52,7 +53,7 @@ class RungBook:
     def reached(self, trial_id: str, ot_trial: Any | None, result: dict[str, Any]) -> str | None:
         """The decision ("promote" / "stop") when ``result`` is a rung evaluation of the open Optuna trial
         ``ot_trial``, else None; written to the trial's study row at once."""
-        if self.halving is None or "ap" not in result or result.get("gpnas_result"):
+        if self.halving is None or self.halving.score not in result or result.get("gpnas_result"):
             return None
         rung = self.halving.rung_of(result.get(self.unit, -1.0))
         if rung is None or ot_trial is None:
@@ -63,8 +64,9 @@ class RungBook:
         violation = sum(v for v in violated.values() if v > 0)
         entry = self.halving.decide(arch_id, rung, values, violation)
         log = self.logs.setdefault(trial_id, [])
-        log.append({"rung": rung, "budget": self.halving.budgets[rung], "ap": float(result["ap"]),
-                    **entry.to_dict()})
+        score = self.halving.score
+        log.append({"rung": rung, "budget": self.halving.budgets[rung], "ap": float(result.get("ap", math.nan)),
+                    score: float(result[score]), **entry.to_dict()})
         ot_trial.set_user_attr("rungs", json.dumps(log))
         return entry.decision
 
@@ -88,4 +90,8 @@ class RungBook:
             reason=f"stopped by {self.cfg.early_stopping.type} at rung {rung.get('rung', 0) + 1} of {n} "
                    f"({rung.get('budget', 0):g} {unit}): place {rung.get('position', 0) + 1} of "
                    f"{rung.get('seen', 1)} there, the top {self.halving.keep(rung.get('seen', 1))} continue; AP "
-                   f"at the rung {rung.get('ap', float('nan')):.4f}")
+                   f"at the rung {rung.get('ap', float('nan')):.4f}{self._score_note(rung)}")
+
+    def _score_note(self, rung: dict[str, Any]) -> str:
+        score = self.halving.score if self.halving is not None else "ap"
+        return "" if score == "ap" else f", {score} {rung.get(score, float('nan')):.4f}"

@@ -5,7 +5,8 @@ training). The trial continues when, among every trial seen at that rung so far 
 the top ``max(1, n // eta)`` by this order:
 
 1. feasible before infeasible, infeasible by total constraint violation (constraints count before rank);
-2. non-dominated rank on the objectives (``mode="mo"``), or AP alone (``mode="ap"``: single-metric ASHA);
+2. non-dominated rank on the objectives (``mode="mo"``), or the score alone (``mode="score"``: the first objective
+   measured in training, ``val_loss`` or ``ap``; single-metric ASHA);
 3. within one rank, larger hypervolume contribution first (then arrival order).
 
 Why hypervolume contribution and not crowding distance: the search is judged by the hypervolume of its front,
@@ -28,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from gpnas.objectives.definitions import Direction, directions
+from gpnas.objectives.definitions import Direction, directions, score_objective
 from gpnas.results.pareto import hypervolume_contributions, non_dominated_sort, reference_point
 
 __all__ = ["RungEntry", "SuccessiveHalving"]
@@ -54,14 +55,18 @@ class RungEntry:
 
 
 class SuccessiveHalving:
-    """Rung tables and decisions. ``objectives`` name the values a trial reports (``ap`` among them)."""
+    """Rung tables and decisions. ``objectives`` name the values a trial reports (one measured in training,
+    ``val_loss`` or ``ap``, among them)."""
 
     def __init__(self, budgets: Sequence[float], eta: int, objectives: Sequence[str],
-                 mode: Literal["mo", "ap"] = "mo") -> None:
+                 mode: Literal["mo", "score"] = "mo") -> None:
         if list(budgets) != sorted(set(budgets)) or not budgets:
             raise ValueError(f"rung budgets {list(budgets)} must be increasing")
-        if "ap" not in objectives:
-            raise ValueError(f"successive halving ranks by AP at each rung, but the objectives are {list(objectives)}")
+        score = score_objective(objectives)
+        if score is None:
+            raise ValueError(f"successive halving ranks by a figure measured in training at each rung (ap, "
+                             f"val_loss), but the objectives are {list(objectives)}")
+        self.score = score
         self.budgets = tuple(budgets)
         self.eta = eta
         self.objectives = tuple(objectives)
@@ -104,7 +109,7 @@ class SuccessiveHalving:
 
     # ------------------------------------------------------------------------------------------- ranking
     def _ranked(self) -> tuple[list[str], list[Direction]]:
-        names = ["ap"] if self.mode == "ap" else list(self.objectives)
+        names = [self.score] if self.mode == "score" else list(self.objectives)
         return names, directions(names)
 
     def order(self, rung: int) -> list[str]:

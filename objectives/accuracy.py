@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from gpnas.errors import ConfigError, DataError
 from gpnas.trainers.callbacks import Callback
 from gpnas.trainers.coco_files import quiet_coco, read_coco_json, validate_coco_dict
 from gpnas.trainers.data import CocoDetection, ImageMeta, LoaderOptions, make_loader, to_model_input
+from gpnas.trainers.loss import LossHyp, YoloLoss
 from gpnas.trainers.postprocess import non_max_suppression
 
 if TYPE_CHECKING:
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
     from gpnas.trainers.train_config import TrainConfig
 
 METRIC_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+#: The loss gains the ``val_loss`` score is computed with: YOLOv5's own (box 0.05, obj 1.0, cls 0.5), whatever gains
+#: the run trained with, so the score of two recipes (or of two searches) measures the same thing.
+SCORE_HYP = LossHyp()
+
+#: ``loss_fn(raw_outputs, targets) -> (total, parts)``: a detection loss as :class:`YoloLoss` computes it.
+LossFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
 def load_ground_truth(ground_truth: str | Path | dict[str, Any] | COCO) -> tuple[str, COCO]:
@@ -178,6 +185,7 @@ def inference_on_dataset(
     max_det: int = 100,
     device: torch.device | str = "cpu",
     non_blocking: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, float]:
     """COCO box AP of ``model`` over ``loader``: letterbox -> decode -> NMS -> original pixels -> ``evaluator``.
 
@@ -187,13 +195,21 @@ def inference_on_dataset(
     ``model.decode`` into
     ``Tensor[B, N, 5 + nc]`` (cx, cy, w, h in letterboxed pixels, probabilities). The evaluator is reset first,
     so it scores this pass only; the model runs in eval mode and gets its training mode back afterwards.
+    ``loss_fn``: also ``val_loss``, the mean per-image detection loss of the same raw outputs against the val
+    boxes (eval mode: BatchNorm uses its running statistics), from the same forward pass.
     """
     was_training = model.training
     model.eval()
     evaluator.reset()
+    loss_sum, loss_images = 0.0, 0
     try:
-        for imgs, _, metas in loader:
-            preds = model.decode(model(to_model_input(imgs, device, non_blocking=non_blocking)))  # type: ignore[operator]
+        for imgs, targets, metas in loader:
+            outputs = model(to_model_input(imgs, device, non_blocking=non_blocking))
+            if loss_fn is not None:
+                _, parts = loss_fn([p.float() for p in outputs[:3]], targets.to(device))
+                loss_sum += float(parts["total"]) * imgs.shape[0]
+                loss_images += imgs.shape[0]
+            preds = model.decode(outputs)  # type: ignore[operator]
             dets = non_max_suppression(preds, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
             batch = []
             for det, meta in zip(dets, metas, strict=True):
@@ -203,7 +219,10 @@ def inference_on_dataset(
             evaluator.process(batch)
     finally:
         model.train(was_training)
-    return evaluator.evaluate()
+    metrics = evaluator.evaluate()
+    if loss_fn is not None:
+        metrics["val_loss"] = loss_sum / max(loss_images, 1)
+    return metrics
 
 
 class ValEvaluation(Callback):
@@ -213,8 +232,9 @@ class ValEvaluation(Callback):
     COCO-format set can score a training, whatever it trains on. The evaluator (ground truth validated and
     indexed) is built once here; each evaluation runs :func:`inference_on_dataset` over the val images in file
     order on the trainer's device, with the trainer's evaluation model (the EMA copy when EMA is on), and adds
-    ap, ap50, ap75, ap_small, ap_medium, ap_large and ``val_images`` (how many images were scored) to the
-    metrics in place. :func:`val_evaluation` builds one with a ``TrainConfig``'s thresholds and loader.
+    ap, ap50, ap75, ap_small, ap_medium, ap_large, ``val_loss`` (the detection loss of the same outputs at the
+    fixed gains :data:`SCORE_HYP`; ``val_loss=False`` leaves it out) and ``val_images`` (how many images were
+    scored) to the metrics in place. :func:`val_evaluation` builds one with a ``TrainConfig``'s thresholds and loader.
 
     ``subset`` N > 0: every evaluation but the trainer's final one scores only the first N val images (image-id
     order, the same N each time; COCOeval over those images only); the final one, and every one with
@@ -225,6 +245,7 @@ class ValEvaluation(Callback):
     def __init__(
         self, val: CocoDetection, *, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 100,
         batch_size: int = 64, subset: int | None = None, options: LoaderOptions | None = None,
+        val_loss: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"ValEvaluation batch_size must be a positive int (val images per forward pass), "
@@ -239,6 +260,20 @@ class ValEvaluation(Callback):
         self.subset_evaluator = CocoEvaluator(val.coco, max_dets=max_det, category_ids=val.category_ids,
                                               only_processed_images=True)
         self._loaders: dict[bool, DataLoader] = {}
+        self.val_loss = val_loss
+        self._loss_fn: YoloLoss | None = None
+
+    def _loss(self, model: nn.Module) -> YoloLoss | None:
+        """The scoring loss for ``model``'s anchors and strides (made at the first evaluation: one spec a run);
+        None for a model without them (not a gpnas detector: it has no detection loss to score)."""
+        if not self.val_loss or not all(hasattr(model, k) for k in ("anchors", "strides")):
+            return None
+        if self._loss_fn is None:
+            self._loss_fn = YoloLoss(num_classes=int(getattr(model, "num_classes", len(self.val.category_ids))),
+                                     anchors=model.anchors,  # type: ignore[arg-type]
+                                     strides=model.strides, img_size=self.val.img_size,  # type: ignore[arg-type]
+                                     hyp=SCORE_HYP)
+        return self._loss_fn
 
     def _loader(self, full: bool) -> DataLoader:
         # Unshuffled and unaugmented, so one loader serves every pass: the val order (and so the AP) never
@@ -254,7 +289,7 @@ class ValEvaluation(Callback):
         evaluator = self.evaluator if full else self.subset_evaluator
         metrics.update(inference_on_dataset(model, self._loader(full), evaluator, conf_thres=self.conf_thres,
                                             iou_thres=self.iou_thres, max_det=self.max_det, device=trainer.device,
-                                            non_blocking=self.options.pin_memory))
+                                            non_blocking=self.options.pin_memory, loss_fn=self._loss(model)))
         metrics["val_images"] = float(len(self.val) if full else self.subset)  # type: ignore[arg-type]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "metric_names",
     "register_constraint",
     "register_objective",
+    "score_objective",
     "unregister_objective",
 ]
 
@@ -120,6 +121,12 @@ def unregister_objective(name: str) -> None:
 
 register_objective(Objective("ap", "maximize", "", "AP@[.5:.95]", "training", natural_bound=0.0,
                              description="COCO box AP@[.5:.95] on the val split after proxy training"))
+register_objective(Objective("val_loss", "minimize", "", "val loss", "training",
+                             description="detection loss of the trained (EMA) model on the whole val split, at "
+                                         "YOLOv5's gains (box 0.05, obj 1.0, cls 0.5) whatever gains the run "
+                                         "trained with; lower is better. After a short proxy training it ranks "
+                                         "candidates more like long training does than AP then does "
+                                         "(benchmarks/proxy_study.py)"))
 register_objective(Objective("gflops", "minimize", "GFLOPs", "GFLOPs", "cheap", constraint="max_gflops",
                              description="fused model, 2 × multiply-adds, at the spec's input size (fvcore)"))
 register_constraint(Constraint("max_params_m", "params_m", "M parameters", "cheap"))
@@ -133,6 +140,12 @@ def get_objective(name: str) -> Objective:
         return OBJECTIVES[name]
     except KeyError:
         raise ConfigError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}") from None
+
+
+def score_objective(names: Sequence[str]) -> str | None:
+    """The first of ``names`` measured by training (``val_loss``, ``ap``): what successive halving ranks by at a
+    rung when it ranks by one figure, and the y axis of the front's plot. None when none is trained."""
+    return next((n for n in names if get_objective(n).measured_by == "training"), None)
 
 
 def directions(names: Sequence[str]) -> list[Direction]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpnas.objectives.definitions import OBJECTIVES
+from gpnas.objectives.definitions import OBJECTIVES, score_objective
 from gpnas.results.pareto import pareto_mask
 from gpnas.results.records import TrialRecord
 
@@ -111,12 +111,14 @@ def _coords(recs: Sequence[TrialRecord], name: str | None, *, infeasible: bool =
 
 
 def _axes(objectives: Sequence[str]) -> tuple[str, str, str | None]:
-    """(x, y, colour): AP on the y axis when it is an objective, the next objective on x, a third as colour."""
+    """(x, y, colour): the score (the first objective measured in training: val_loss, AP) on the y axis when there
+    is one, the next objective on x, a third as colour."""
     if len(objectives) == 1:
         return "trial", objectives[0], None
-    if "ap" in objectives:
-        rest = [o for o in objectives if o != "ap"]
-        return rest[0], "ap", rest[1] if len(rest) > 1 else None
+    score = score_objective(objectives)
+    if score is not None:
+        rest = [o for o in objectives if o != score]
+        return rest[0], score, rest[1] if len(rest) > 1 else None
     return objectives[0], objectives[1], objectives[2] if len(objectives) > 2 else None
 
 

@@ -56,7 +56,7 @@ def load_study(folder: SearchFolder | Path, name: str) -> Any:
 
 def trial_record(trial: Any, refined: dict[str, Any] | None = None) -> TrialRecord:
     """The gpnas view of one study row; ``refined`` (the trial's entry of :func:`set_refined`) replaces its AP
-    by the refined mean, keeping the search's own as ``ap_proxy``."""
+    (and val loss) by the refined mean, keeping the search's own as ``ap_proxy`` (``val_loss_proxy``)."""
     import optuna
 
     attrs = trial.user_attrs
@@ -72,6 +72,9 @@ def trial_record(trial: Any, refined: dict[str, Any] | None = None) -> TrialReco
         result.metrics.update(ap_proxy=result.metrics.get("ap", math.nan), ap=refined["ap_mean"],
                               ap_sd=refined["ap_sd"], ap50_proxy=result.metrics.get("ap50", math.nan),
                               ap50=refined.get("ap50_mean", math.nan), refined=1.0)
+        if "val_loss_mean" in refined:  # refined before val_loss was recorded: the proxy's stays
+            result.metrics.update(val_loss_proxy=result.metrics.get("val_loss", math.nan),
+                                  val_loss=refined["val_loss_mean"])
     return TrialRecord(
         number=trial.number, state=state, reason=attrs.get("reason"), arch_id=attrs.get("arch_id"),
         values=tuple(trial.values) if trial.values else None, result=result,

@@ -15,9 +15,12 @@ from pycocotools.coco import COCO
 from torch import nn
 
 from gpnas.errors import DataError
-from gpnas.objectives.accuracy import METRIC_KEYS, CocoEvaluator, ValEvaluation, inference_on_dataset
-from gpnas.trainers.data import CocoDetection, make_loader
+from gpnas.objectives.accuracy import METRIC_KEYS, SCORE_HYP, CocoEvaluator, ValEvaluation, inference_on_dataset
+from gpnas.search_space.builder import build_detector
+from gpnas.search_space.presets import ANCHORS_DIGITS, get_preset
+from gpnas.trainers.data import CocoDetection, make_loader, to_model_input
 from gpnas.trainers.digits import build_digits_dataset
+from gpnas.trainers.loss import LossHyp, YoloLoss
 from gpnas.trainers.proxy import ProxyTrainer
 
 # category ids 3 and 7 are not contiguous on purpose: class index 0 -> id 3, 1 -> id 7
@@ -209,3 +212,26 @@ def test_val_evaluation_gives_the_ap_of_inference_on_dataset(digits_val: CocoDet
                                                           metrics)
     assert metrics == {"epoch": 1.0, "step": 4.0, "train_seconds": 0.5, **direct, "val_images": 12.0}
     assert set(direct) == set(METRIC_KEYS)
+
+
+def test_val_loss_is_the_detection_loss_at_fixed_gains_of_the_same_pass(digits_val: CocoDetection) -> None:
+    anchors = tuple(tuple((max(1, round(w * 64 / 160)), max(1, round(h * 64 / 160))) for w, h in level)
+                    for level in ANCHORS_DIGITS)
+    torch.manual_seed(0)
+    model = build_detector(get_preset("yolor-v3-nano").replace(img_size=64, anchors=anchors, num_classes=10)).train()
+    metrics: dict[str, float] = {}
+    ValEvaluation(digits_val, batch_size=5).on_evaluate(ProxyTrainer(), model, metrics)
+    assert model.training  # its mode given back
+    # the same loss computed apart: eval mode, YOLOv5's gains (not the proxy's training gains), per-image mean
+    loss = YoloLoss(num_classes=10, anchors=model.anchors, strides=model.strides, img_size=64, hyp=LossHyp())
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for imgs, targets, _ in _loader(digits_val):
+            _, parts = loss(list(model(to_model_input(imgs, "cpu"))[:3]), targets)
+            total += float(parts["total"]) * imgs.shape[0]
+    assert LossHyp() == SCORE_HYP
+    assert metrics["val_loss"] == pytest.approx(total / 12, rel=1e-6) and metrics["val_loss"] > 0
+    without: dict[str, float] = {}
+    ValEvaluation(digits_val, batch_size=5, val_loss=False).on_evaluate(ProxyTrainer(), model, without)
+    assert "val_loss" not in without and without["ap"] == metrics["ap"]

@@ -37,7 +37,7 @@ def test_first_arrival_continues_and_the_top_share_continues() -> None:
 
 
 def test_ap_mode_ignores_cost() -> None:
-    sh = SuccessiveHalving([10], eta=2, objectives=("ap", "gflops"), mode="ap")
+    sh = SuccessiveHalving([10], eta=2, objectives=("ap", "gflops"), mode="score")
     sh.decide("big", 0, [0.3, 9.0])
     assert sh.decide("small", 0, [0.2, 0.1]).decision == "stop"  # 2 seen, 1 continues: the higher AP
     mo = SuccessiveHalving([10], eta=2, objectives=("ap", "gflops"))
@@ -45,6 +45,15 @@ def test_ap_mode_ignores_cost() -> None:
     # reference (0, 9.9): small adds 0.2 x 9.8 - overlap = 1.78 of hypervolume, big only 0.1 x 0.9 = 0.09
     assert mo.decide("small", 0, [0.2, 0.1]).decision == "promote"
     assert mo.order(0) == ["small", "big"]
+
+
+def test_score_mode_ranks_by_the_first_trained_objective() -> None:
+    sh = SuccessiveHalving([10], eta=2, objectives=("gflops", "val_loss", "ap"), mode="score")
+    assert sh.score == "val_loss"  # minimised: the lower loss continues, whatever AP and cost say
+    sh.decide("low-loss", 0, [9.0, 1.5, 0.01])
+    assert sh.decide("high-loss", 0, [0.1, 2.5, 0.30]).decision == "stop"
+    with pytest.raises(ValueError, match="measured in training"):
+        SuccessiveHalving([10], eta=2, objectives=("gflops", "latency_ms"))
 
 
 def test_infeasible_ranks_after_every_feasible_trial() -> None:
