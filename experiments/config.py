@@ -45,15 +45,17 @@ CONFIG_SCHEMA_VERSION = 1
 
 
 class SearchConfig(BaseModel):
-    """A whole search. ``objectives`` are registered names (:mod:`gpnas.objectives.definitions`: ap,
-    gflops, latency_ms, ...), each with its fixed direction. The sections: :mod:`gpnas.experiments.config_sections`."""
+    """A whole search. ``objectives`` are registered names (:mod:`gpnas.objectives.definitions`: val_loss, ap,
+    gflops, latency_ms, ...), each with its fixed direction; the default ranks by ``val_loss`` (the proxy study's
+    best score at the default budget), AP is recorded beside it.
+    The sections: :mod:`gpnas.experiments.config_sections`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: int = CONFIG_SCHEMA_VERSION
     name: str = "search"
     space: SpaceConfig = SpaceConfig()
-    objectives: tuple[str, ...] = ("ap", "gflops", "latency_ms")
+    objectives: tuple[str, ...] = ("val_loss", "gflops", "latency_ms")
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)  # keys: the registry's
     sampler: SamplerConfig = SamplerConfig()
     budget: BudgetConfig = BudgetConfig()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,15 +30,16 @@ def _seed() -> None:
 def gpnas_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The session's GPNAS_CACHE and CPU timing lock, for this process and every `gpnas` command the tests start.
 
-    One cache (digits sets, the CPU latency table): the first user builds and calibrates it, the others reuse it,
-    as a user's ~/.cache/gpnas. Tests of the cache itself set their own.
+    One cache (digits sets, the CPU latency table) for the whole run, xdist workers included: the first user builds
+    and calibrates it, the others reuse it, as the processes of a user's searches share ~/.cache/gpnas. Tests of
+    the cache itself set their own.
 
     Its own timing lock (GPNAS_LATENCY_LOCK): the machine-wide default is shared with every gpnas process on the
     machine, and a background training at nice 19 holding it for a latency measurement, starved of CPU by the
     tests, stalled the tests' trials for minutes (a trial's evaluation took 200 s instead of 10 s)."""
     base = tmp_path_factory.getbasetemp()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GPNAS_CACHE", str(base / "cache"))
+        mp.setenv("GPNAS_CACHE", str(_session_root(tmp_path_factory) / "cache"))  # one for all xdist workers
         mp.setenv("GPNAS_LATENCY_LOCK", str(base / "gpnas-latency.lock"))
         yield base / "cache"
 
@@ -50,10 +53,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder shared by every process of this pytest run: under pytest-xdist the workers' base temps are
+    siblings (``popen-gw0``, ``popen-gw1``) and this is their parent; in one process, the base temp itself."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def finished_search(tmp_path_factory: pytest.TempPathFactory) -> FinishedSearch:
-    """The search of searchutil.SHARED_SEARCH (4 trials: complete and failed ones), run once per session, with
+    """The search of searchutil.SHARED_SEARCH (4 trials: complete and failed ones), run once per pytest run (the
+    first xdist worker that needs it runs it under a file lock, the other waits and reads the same), with
     MLflow; the tests that only read a finished search share it."""
-    work = tmp_path_factory.mktemp("finished-search")
-    gpnas(work, "search", "--config", str(write_config(work, "shared", **SHARED_SEARCH)), timeout=600)
+    root = _session_root(tmp_path_factory)
+    work = root / "finished-search"
+    with open(root / "finished-search.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (work / "finished").is_file():  # not yet run, or a worker failed mid-way: run it (again)
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            gpnas(work, "search", "--config", str(write_config(work, "shared", **SHARED_SEARCH)), timeout=600)
+            (work / "finished").touch()
     return FinishedSearch(work, work / "runs" / "shared", "shared")

@@ -21,9 +21,10 @@ GENES = {
 def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path: Path) -> None:
     from gpnas.results.study import load_study, records
 
-    path = write_config(tmp_path, "halving", 6, train={"steps": 12, "batch_size": 8},
+    path = write_config(tmp_path, "halving", 6, train={"steps": 24, "batch_size": 8},
                         space={"base": "yolor-csp-nano", "genes": GENES},
-                        early_stopping={"type": "mo-asha", "min_budget": 3, "reduction_factor": 2},
+                        early_stopping={"type": "mo-asha", "min_budget": 6, "reduction_factor": 2},
+                        objectives=["ap", "gflops", "latency_ms"],
                         refine={"top": 1, "seeds": 2, "budget_multiplier": 1.5, "max_trials": 2})
     folder = tmp_path / "runs" / "halving"
     driver = start_cli(tmp_path, "search", "--config", str(path), log="halving")
