@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections import defaultdict
 from typing import Any
@@ -125,6 +126,26 @@ def fmt(x: float) -> str:
     return "  n/a" if x != x else f"{x:+.2f}"
 
 
+def seeds_needed(per_seed: dict[str, dict[int, float]], names: tuple[str, ...]) -> str:
+    """The seeds per half that a split-half rho of 0.7 needs on ``names``, from the variance components: the seed
+    variance (the mean of each candidate's variance over its seeds) and the architecture variance (the variance
+    of the candidate means less the seed variance's share in them); Spearman-Brown then gives the reliability of
+    a k-seed mean, k r / (1 + (k - 1) r), with r the one-seed reliability."""
+    groups = [list(v.values()) for k, v in per_seed.items() if k in names]
+    noise = statistics.fmean(statistics.variance(g) for g in groups if len(g) >= 2)
+    means = [statistics.fmean(g) for g in groups]
+    k_h = statistics.harmonic_mean([len(g) for g in groups])
+    arch = max(statistics.variance(means) - noise / k_h, 0.0)
+    if arch == 0.0:
+        return (f"variance components (size-matched): seed sd {noise ** 0.5:.4f}, architecture sd 0 (the candidate "
+                "means spread no more than seed noise predicts): no number of seeds reaches split-half rho 0.7")
+    r1 = arch / (arch + noise)
+    target = TARGETS["split_half"]
+    k = math.ceil(target * (1 - r1) / ((1 - target) * r1))
+    return (f"variance components (size-matched): seed sd {noise ** 0.5:.4f}, architecture sd {arch ** 0.5:.4f}; "
+            f"one-seed reliability {r1:.2f}; split-half rho {target} needs {k} seeds per half (Spearman-Brown)")
+
+
 def reference_table(rows: list[dict[str, Any]], reference: str) -> list[str]:
     per_seed = by_arch(rows, reference)
     lines = [f"## 1. The reference ({reference}): its own reliability", ""]
@@ -145,6 +166,7 @@ def reference_table(rows: list[dict[str, Any]], reference: str) -> list[str]:
     if sds and len(means) >= 2:
         lines.append(f"size-matched: AP spread (sd of candidate means) {statistics.stdev(means):.4f}, range "
                      f"{min(means):.4f}-{max(means):.4f}; mean seed sd {statistics.fmean(sds):.4f}")
+        lines.append(seeds_needed(per_seed, matched))
     steps = sorted({int(p["step"]) for r in rows if r["setting"] == reference for p in r["curve"]})
     lines += ["", "cost curve of the reference: split-half rho (seed-mean of one half vs the other) per evaluation",
               "| step | split-half rho, all | size-matched | seeds | mean AP |", "|---|---|---|---|---|"]
