@@ -271,7 +271,9 @@ def export(
 @app.command()
 def fidelity(
     search: opt.OptionalSearchName = None,
-    panel: Annotated[str | None, typer.Option(help="A named panel instead of a search (nano).")] = None,
+    panel: Annotated[str | None, typer.Option(
+        help="A named panel instead of a search: study (the proxy study's 20 demo-space candidates, 12 "
+             "size-matched) or nano (12 presets and variants).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="With --panel: config overrides, e.g. "
                                                           "train.steps=600.")] = None,
     config: Annotated[str, typer.Option(help="With --panel: the config whose data and train settings apply.")]

@@ -45,7 +45,23 @@ def nano_panel() -> dict[str, ArchSpec]:
     }
 
 
-PANELS: dict[str, Callable[[], dict[str, ArchSpec]]] = {"nano": nano_panel}
+#: The proxy study's panel (``experiments/panels/study.json``): 20 candidates of the demo space, 12 size-matched.
+STUDY_PANEL_FILE = Path(__file__).resolve().parent / "panels" / "study.json"
+
+
+def study_panel() -> dict[str, ArchSpec]:
+    """The proxy study's twenty demo-space candidates (12 within ±15 % of their median GFLOPs over the block
+    families, CSP fusions, split and mask ratios and ELAN stack counts; 8 that spread size), built from their
+    genes by the space of the panel's config (the demo's)."""
+    from gpnas.experiments.runner import build_space
+
+    doc = json.loads(STUDY_PANEL_FILE.read_text())
+    space = build_space(load_config(doc["config"]))
+    return {name: space.from_params({**doc["defaults"], **genes})
+            for name, genes in doc["candidates"].items()}
+
+
+PANELS: dict[str, Callable[[], dict[str, ArchSpec]]] = {"study": study_panel, "nano": nano_panel}
 
 
 def panel(name: str) -> dict[str, ArchSpec]:

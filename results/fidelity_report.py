@@ -63,7 +63,9 @@ def candidate_table(rows: Sequence[dict[str, Any]], proxy_seeds: Sequence[int]) 
                  "reference_ap": _mean([r["ap"] for r in refs]),
                  **{f"proxy_ap_s{s}": proxy[s]["ap"] for s in proxy_seeds},
                  **{f"proxy_ap_last2_s{s}": proxy[s].get("ap_last2", proxy[s]["ap"]) for s in proxy_seeds},
-                 **{f"proxy_ap50_s{s}": proxy[s].get("ap50", math.nan) for s in proxy_seeds}}
+                 **{f"proxy_ap50_s{s}": proxy[s].get("ap50", math.nan) for s in proxy_seeds},
+                 # the val loss (the default search score), negated so that higher ranks better like AP
+                 **{f"proxy_neg_val_loss_s{s}": -float(proxy[s].get("val_loss", math.nan)) for s in proxy_seeds}}
         entry.update({k: v for k, v in first.items() if k in SIZE_BASELINES or k.startswith("gp_")})
         table.append(entry)
     return sorted(table, key=lambda e: -e["reference_ap"])
@@ -107,6 +109,10 @@ def analyze(rows: Sequence[dict[str, Any]], proxy_seeds: Sequence[int]) -> dict[
         "seed_spearman_last2": (_seed_rho(table, proxy_seeds, "proxy_ap_last2") if len(proxy_seeds) > 1
                                 else math.nan),
         "seed_spearman_ap50": _seed_rho(table, proxy_seeds, "proxy_ap50") if len(proxy_seeds) > 1 else math.nan,
+        "spearman_val_loss": _rank_stats([e[f"proxy_neg_val_loss_s{proxy_seeds[0]}"] for e in table], ref)[0]
+        if table else math.nan,
+        "seed_spearman_val_loss": (_seed_rho(table, proxy_seeds, "proxy_neg_val_loss") if len(proxy_seeds) > 1
+                                   else math.nan),
         "baselines": baselines,
         "best_size_spearman": best_size,
         "candidates": table,
@@ -152,7 +158,7 @@ def markdown(report: dict[str, Any], settings: dict[str, Any]) -> str:
              f"**Verdict:** {report['verdict']}", "", "| statistic | value |", "|---|---|"]
     for key in ("n_candidates", "spearman", "kendall", "spearman_mean_of_seeds", "spearman_last2", "spearman_ap50",
                 "top_k", "top_k_overlap", "seed_spearman", "seed_spearman_last2", "seed_spearman_ap50",
-                "best_size_spearman"):
+                "spearman_val_loss", "seed_spearman_val_loss", "best_size_spearman"):
         lines.append(f"| {key} | {format_value(report[key])} |")
     if report["incomplete"]:
         lines += ["", f"Left out (a run failed or timed out): {', '.join(report['incomplete'])}"]

@@ -18,8 +18,8 @@ def _rows(proxy0: list[float], proxy1: list[float], ref: list[float], gflops: li
     for i, (a, b, r, g) in enumerate(zip(proxy0, proxy1, ref, gflops, strict=True)):
         common = {"label": f"c{i}", "arch_id": f"a{i}", "state": "complete", "gflops": g, "params": g * 10,
                   "gp_max_sgp": float(i)}
-        rows += [{**common, "kind": "proxy", "seed": 0, "ap": a, "ap_last2": a},
-                 {**common, "kind": "proxy", "seed": 1, "ap": b, "ap_last2": b},
+        rows += [{**common, "kind": "proxy", "seed": 0, "ap": a, "ap_last2": a, "val_loss": 1 - a},
+                 {**common, "kind": "proxy", "seed": 1, "ap": b, "ap_last2": b, "val_loss": 1 - b},
                  {**common, "kind": "reference", "seed": 0, "ap": r}]
     return rows
 
@@ -29,6 +29,8 @@ def test_perfect_proxy_ranks_like_the_reference_and_beats_size() -> None:
     report = analyze(_rows([x / 2 for x in ref], [x / 3 for x in ref], ref, [6, 5, 4, 3, 2, 1]), (0, 1))
     assert report["spearman"] == pytest.approx(1.0) and report["kendall"] == pytest.approx(1.0)
     assert report["seed_spearman"] == pytest.approx(1.0)
+    # the val loss falls as AP rises here: lower loss ranks higher
+    assert report["spearman_val_loss"] == pytest.approx(1.0) and report["seed_spearman_val_loss"] == pytest.approx(1.0)
     assert report["baselines"]["gflops"] == pytest.approx(-1.0)  # here bigger is worse
     assert report["baselines"]["gp_max_sgp"] == pytest.approx(1.0)
     assert report["top_k"] == 1 and report["top_k_overlap"] == 1.0
@@ -55,6 +57,25 @@ def test_a_failed_run_leaves_its_candidate_out_by_name() -> None:
 
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
+def test_the_study_panel_is_the_proxy_studys_and_its_size_band_holds() -> None:
+    """`gpnas fidelity --panel study` trains the very candidates of benchmarks/proxy_study.py (its committed panel
+    file), and the size-matched ones are within ±15 % of their median GFLOPs."""
+    import statistics
+
+    from gpnas.experiments.fidelity import STUDY_PANEL_FILE, panel
+    from gpnas.objectives.complexity import measure_complexity
+
+    specs = panel("study")
+    saved = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "data" /
+                        "proxy_study_panel.json").read_text())
+    assert list(specs) == list(saved) and len(specs) == 20
+    assert all(specs[name].to_dict() == saved[name] for name in saved)
+    matched = json.loads(STUDY_PANEL_FILE.read_text())["size_matched"]
+    gflops = {n: measure_complexity(specs[n]).gflops for n in matched}
+    median = statistics.median(gflops.values())
+    assert len(matched) >= 10 and all(abs(g / median - 1) <= 0.15 for g in gflops.values()), gflops
+
+
 def test_fidelity_of_a_tiny_search_writes_its_report_and_resumes_after_sigkill(finished_search: FinishedSearch,
                                                                               tmp_path: Path) -> None:
     """On a copy of the session's finished search (fidelity writes into the folder and its MLflow store), two of
