@@ -2,7 +2,8 @@
 
 With ``--runs N`` (default 2) it runs the packaged demo N times, each into a fresh root, timing each; with
 ``--compare DIR DIR ...`` it reads demo folders made before (e.g. by two `make demo`), taking each search's wall
-time from its MLflow search run. Then it prints every trial (arch_id, AP, GFLOPs) side by side and the fronts.
+time from its MLflow search run. Then it prints every trial (arch_id, AP, val loss, GFLOPs) side by side and the
+fronts.
 Targets: >= 10 trials, a front of >= 3 members spanning >= 3x in GFLOPs, <= 10 minutes, the same front twice.
 
     .venv/bin/python benchmarks/demo_front.py [--runs 2 | --compare runs/demo /tmp/other/demo]
@@ -48,8 +49,8 @@ def summary(folder: Path) -> dict:
     search_folder, cfg = open_search(folder)
     recs = records(load_study(search_folder, cfg.name))
     front = front_summary(recs, cfg.objectives, cfg.constraints.model_dump()).front
-    trials = {r.number: (r.arch_id, r.state, r.metric("ap"), r.metric("gflops")) for r in recs}
-    gflops = [trials[n][3] for n in front]
+    trials = {r.number: (r.arch_id, r.state, r.metric("ap"), r.metric("val_loss"), r.metric("gflops")) for r in recs}
+    gflops = [trials[n][4] for n in front]
     span = max(gflops) / min(gflops) if gflops else float("nan")
     return {"trials": trials, "front": sorted(front), "span": span}
 
@@ -79,18 +80,18 @@ def main() -> None:
     for i, ((folder, seconds, how), s) in enumerate(zip(runs, sums, strict=True)):
         print(f"run {i + 1}: {folder}: wall {seconds / 60:.2f} min ({how}); front trials {s['front']}, "
               f"{len(s['front'])} members spanning {s['span']:.2f}x in GFLOPs")
-    print(f"\n{'trial':>5s} " + " ".join(f"{'arch_id (run ' + str(i + 1) + ')':>16s} {'AP':>8s} {'GFLOPs':>7s}"
-                                        for i in range(len(sums))))
+    print(f"\n{'trial':>5s} " + " ".join(f"{'arch_id (run ' + str(i + 1) + ')':>16s} {'AP':>8s} {'val loss':>8s} "
+                                        f"{'GFLOPs':>7s}" for i in range(len(sums))))
     numbers = sorted(set().union(*(s["trials"] for s in sums)))
     for n in numbers:
         cells = []
         for s in sums:
-            arch, state, ap, gf = s["trials"].get(n, ("-", "-", float("nan"), float("nan")))
-            cells.append(f"{arch:>16s} {ap:8.4f} {gf:7.4f}" + ("" if state == "complete" else f" {state}"))
+            arch, state, ap, loss, gf = s["trials"].get(n, ("-", "-", float("nan"), float("nan"), float("nan")))
+            cells.append(f"{arch:>16s} {ap:8.4f} {loss:8.4f} {gf:7.4f}" + ("" if state == "complete" else f" {state}"))
         print(f"{n:5d} " + " ".join(cells))
     same_trials = all(s["trials"] == sums[0]["trials"] for s in sums[1:])
     same_front = all(s["front"] == sums[0]["front"] for s in sums[1:])
-    print(f"\nsame candidates and APs in every run: {same_trials}; same front: {same_front}")
+    print(f"\nsame candidates and scores in every run: {same_trials}; same front: {same_front}")
     ok = [len(s["trials"]) >= 10 and len(s["front"]) >= 3 and s["span"] >= 3 for s in sums]
     print(f"targets (>= 10 trials, front >= 3 members spanning >= 3x GFLOPs): {ok}; "
           f"wall <= 10 min: {[round(sec / 60, 2) <= 10 for _, sec, _ in runs]}")
