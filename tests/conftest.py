@@ -44,15 +44,7 @@ def gpnas_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield base / "cache"
 
 
-#: The test files that take longest (each several real searches), longest first. They are collected first, so that
-#: pytest-xdist's ``--dist loadfile`` starts them first and fills the other worker with the many short files while
-#: they run (longest-first scheduling); collected last, the longest file once started 5 minutes in and ended alone.
-LONG_FILES = ("test_search_integration.py", "test_search_lifecycle.py", "test_search_halving.py", "test_fidelity.py")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: file order kept otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
