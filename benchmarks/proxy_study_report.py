@@ -198,18 +198,28 @@ def proxy_table(rows: list[dict[str, Any]], reference: str, sizes: dict[str, dic
             per_seed = by_arch(rows, setting, name)
             if len(per_seed) < 4:
                 continue
-            proxy = mean_over(per_seed)
-            r_all, n = rho(proxy, ref)
-            r_m, _ = rho(proxy, ref, matched)
             seeds = sorted({s for v in per_seed.values() for s in v})
             seed_r = rho(mean_over(per_seed, (seeds[0],)), mean_over(per_seed, (seeds[1],)))[0] \
                 if len(seeds) >= 2 else float("nan")
-            ok = (r_all >= TARGETS["rho_all"] and r_m >= TARGETS["rho_matched"] and seed_r >= TARGETS["seed_rho"]
-                  and r_all >= base + TARGETS["margin"])
-            lines.append(f"| {setting} | {relative_cost(setting):.2f} | {name} | {len(seeds)} (n={n}) | {fmt(r_all)} | "
-                         f"{fmt(tau(proxy, ref))} | {fmt(r_m)} | {fmt(seed_r)} | "
-                         f"{fmt(partial_rho(proxy, ref, [gflops, params]))} | {top_overlap(proxy, ref)}/3 | "
-                         f"{'PASS' if ok else 'fail'} |")
+            # one seed (what a search trains: each figure the mean over the seeds of that seed's figure, i.e. what
+            # a one-seed search can expect) and, where there are more, the mean of the seeds' scores (more runs,
+            # more cost)
+            variants = [("one seed", [(s,) for s in seeds])]
+            if len(seeds) >= 2:
+                variants.append((f"mean of {len(seeds)}", [tuple(seeds)]))
+            for label, groups in variants:
+                stats_ = []
+                for used in groups:
+                    proxy = mean_over(per_seed, used)
+                    r_all, n = rho(proxy, ref)
+                    stats_.append((r_all, tau(proxy, ref), rho(proxy, ref, matched)[0],
+                                   partial_rho(proxy, ref, [gflops, params]), top_overlap(proxy, ref), n))
+                r_all, t_all, r_m, r_p, top, n = (float(np.mean([x[i] for x in stats_])) for i in range(6))
+                ok = (r_all >= TARGETS["rho_all"] and r_m >= TARGETS["rho_matched"]
+                      and seed_r >= TARGETS["seed_rho"] and r_all >= base + TARGETS["margin"])
+                lines.append(f"| {setting} | {relative_cost(setting) * len(groups[0]):.2f} | {name} | {label} "
+                             f"(n={n:.0f}) | {fmt(r_all)} | {fmt(t_all)} | {fmt(r_m)} | {fmt(seed_r)} | {fmt(r_p)} | "
+                             f"{top:.1f}/3 | {'PASS' if ok else 'fail'} |")
     lines += ["", f"targets: rho >= {TARGETS['rho_all']} (all), >= {TARGETS['rho_matched']} (size-matched), "
               f"seed-to-seed >= {TARGETS['seed_rho']}, rho >= {base + TARGETS['margin']:.2f} (best of GFLOPs/params "
               f"+ {TARGETS['margin']})", ""]

@@ -124,8 +124,8 @@ register_objective(Objective("ap", "maximize", "", "AP@[.5:.95]", "training", na
 register_objective(Objective("val_loss", "minimize", "", "val loss", "training",
                              description="detection loss of the trained (EMA) model on the whole val split, at "
                                          "YOLOv5's gains (box 0.05, obj 1.0, cls 0.5) whatever gains the run "
-                                         "trained with; lower is better. After a short proxy training it ranks "
-                                         "candidates more like long training does than AP then does "
+                                         "trained with; lower is better. The default score: the proxy study's "
+                                         "best one-run score at the default budget "
                                          "(benchmarks/proxy_study.py)"))
 register_objective(Objective("gflops", "minimize", "GFLOPs", "GFLOPs", "cheap", constraint="max_gflops",
                              description="fused model, 2 × multiply-adds, at the spec's input size (fvcore)"))
