@@ -43,8 +43,8 @@ TRIAL_MAX_SECONDS = 1800.0
 #: Box gain 0.15 (3x YOLOv5's) comes from the proxy study (benchmarks/proxy_study.py, setting ``p300-box.15``): at
 #: 300 steps the runs that scored low had not started to localise (the box term flat for ~200 steps); with 0.15
 #: every panel run took off (median step 85, 40 of 40), and the val loss after it ranked candidates like 2,400-step
-#: training best of the one-run settings at that cost (Spearman 0.67 against 0.58 for AP at box 0.05; GFLOPs alone
-#: 0.63: within the noise of 20 candidates). AP itself ranks no better than with 0.05.
+#: training best of the one-run settings at that cost (Spearman 0.69 against 0.64 for AP at box 0.05; GFLOPs alone
+#: 0.62: within the noise of 20 candidates). AP itself ranks no better than with 0.05.
 PROXY_HYP = LossHyp(cls=4.0, box=0.15)
 
 
