@@ -40,17 +40,18 @@ PANEL_FILE = HERE / "data" / "proxy_study_panel.json"
 LOSS_WINDOW = 10
 
 #: The panel, kept in the package (``gpnas fidelity --panel study`` trains the same): name -> demo-space genes, and
-#: the size-matched names. Read as JSON so that a machine with torch alone can run the study.
+#: the size-matched names. Read as JSON here so that a machine with torch alone can run the study (with the specs
+#: of :data:`PANEL_FILE`, built by the package where it is installed).
 PANEL_DOC = json.loads((HERE.parent / "experiments" / "panels" / "study.json").read_text())
 PANEL: dict[str, dict[str, Any]] = PANEL_DOC["candidates"]
 SIZE_MATCHED: tuple[str, ...] = tuple(PANEL_DOC["size_matched"])
 
-#: name -> {steps, eval (extra evaluation steps), train: {...} (``hyp``: loss gains that replace the
-#: default's), data: {...}, img, width}. ``img``/``width``
-#: scale the candidate's input size / width multiple. The default proxy when the study began was ``p300``; the one it
-#: chose (now the default) is ``p300-box.15``, scored by val_loss.
 #: The loss gains every setting starts from: the default proxy's when the study began (YOLOv5's with class gain 4.0).
 STUDY_BASE_HYP: dict[str, float] = {"cls": 4.0}
+#: name -> {steps, eval (extra evaluation steps), train: {...} (``hyp``: loss gains that replace
+#: :data:`STUDY_BASE_HYP`'s), data: {...}, img, width}. ``img``/``width`` scale the candidate's input size / width
+#: multiple. The default proxy when the study began was ``p300``; the one it chose (now the default) is
+#: ``p300-box.15``, scored by val_loss.
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": {"steps": 20, "eval": [10]},  # a check of the script, not a proxy
     "ref-2400": {"steps": 2400, "eval": [300, 600, 1200, 1800]},
@@ -83,14 +84,9 @@ def panel_specs() -> dict[str, dict[str, Any]]:
         saved = json.loads(PANEL_FILE.read_text())
         if list(saved) == list(PANEL):
             return saved
-    from gpnas.experiments.config import load_config
-    from gpnas.experiments.runner import build_space
+    from gpnas.experiments.fidelity import study_panel
 
-    space = build_space(load_config("demo"))
-    specs = {}
-    for name, genes in PANEL.items():
-        params = {**PANEL_DOC["defaults"], **genes}
-        specs[name] = space.from_params(params).to_dict()
+    specs = {name: spec.to_dict() for name, spec in study_panel().items()}
     PANEL_FILE.write_text(json.dumps(specs, indent=1) + "\n")
     return specs
 
@@ -204,9 +200,6 @@ def run_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
                     part_losses[k].append(sum(w) / LOSS_WINDOW)
                     w.clear()
 
-        def on_evaluate(self, trainer: Any, model: Any, metrics: dict[str, float]) -> None:
-            metrics["val_loss"] = val_loss(model, data, trainer.device)
-
     t0 = time.time()
     fit = stages.train(model, data, train, [Record()])
     return {"arch": name, "setting": key, "seed": seed, "steps": steps, "arch_id": spec.arch_id,
@@ -216,28 +209,6 @@ def run_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
             "train_seconds": fit.train_seconds,
             "wall_seconds": time.time() - t0, "device": device, "machine": machine(), "threads": 1,
             "commit": commit(), "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}
-
-
-def val_loss(model: Any, data: Any, device: Any) -> float:
-    """Mean per-image detection loss of ``model`` on the whole val split (eval mode: BN uses its running stats)."""
-    import torch
-
-    from gpnas.trainers.data import make_loader, to_model_input
-    from gpnas.trainers.loss import YoloLoss
-
-    loss_fn = YoloLoss(num_classes=data.num_classes, anchors=model.anchors, strides=model.strides,
-                       img_size=data.img_size)
-    was_training = model.training
-    model.eval()
-    total, images = 0.0, 0
-    with torch.no_grad():
-        for batch, targets, _ in make_loader(data.val, batch_size=64, shuffle=False, seed=0):
-            out = model(to_model_input(batch, device))
-            _, parts = loss_fn([p.float() for p in out[:3]], targets.to(device))
-            total += float(parts["total"]) * batch.shape[0]
-            images += batch.shape[0]
-    model.train(was_training)
-    return total / max(images, 1)
 
 
 # ------------------------------------------------------------------------------------------------ running

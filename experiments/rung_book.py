@@ -84,14 +84,11 @@ class RungBook:
         """The result of a trial stopped at its last rung: what it reported, and why it stopped."""
         assert self.halving is not None
         rung = self.stopped_at(trial_id) or {}
-        unit, n = self.unit + "s", len(self.halving.budgets)
+        unit, n, score = self.unit + "s", len(self.halving.budgets), self.halving.score
         return TrialResult(
             arch_id=arch_id, state="pruned", metrics=_partial_metrics(result), history=history,
             reason=f"stopped by {self.cfg.early_stopping.type} at rung {rung.get('rung', 0) + 1} of {n} "
                    f"({rung.get('budget', 0):g} {unit}): place {rung.get('position', 0) + 1} of "
                    f"{rung.get('seen', 1)} there, the top {self.halving.keep(rung.get('seen', 1))} continue; AP "
-                   f"at the rung {rung.get('ap', float('nan')):.4f}{self._score_note(rung)}")
-
-    def _score_note(self, rung: dict[str, Any]) -> str:
-        score = self.halving.score if self.halving is not None else "ap"
-        return "" if score == "ap" else f", {score} {rung.get(score, float('nan')):.4f}"
+                   f"at the rung {rung.get('ap', float('nan')):.4f}"
+                   + ("" if score == "ap" else f", {score} {rung.get(score, float('nan')):.4f}"))

@@ -37,11 +37,11 @@ def gpnas_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     Its own timing lock (GPNAS_LATENCY_LOCK): the machine-wide default is shared with every gpnas process on the
     machine, and a background training at nice 19 holding it for a latency measurement, starved of CPU by the
     tests, stalled the tests' trials for minutes (a trial's evaluation took 200 s instead of 10 s)."""
-    base = tmp_path_factory.getbasetemp()
+    cache = _session_root(tmp_path_factory) / "cache"  # one for all xdist workers
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GPNAS_CACHE", str(_session_root(tmp_path_factory) / "cache"))  # one for all xdist workers
-        mp.setenv("GPNAS_LATENCY_LOCK", str(base / "gpnas-latency.lock"))
-        yield base / "cache"
+        mp.setenv("GPNAS_CACHE", str(cache))
+        mp.setenv("GPNAS_LATENCY_LOCK", str(tmp_path_factory.getbasetemp() / "gpnas-latency.lock"))
+        yield cache
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
