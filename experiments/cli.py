@@ -354,6 +354,9 @@ def refine(
                                               callback=opt.at_least(1, "seeds"))] = None,
     max_trials: Annotated[int | None, typer.Option(help="The most trials refined.",
                                                    callback=opt.at_least(1, "trials"))] = None,
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", help="Also refine this trial (a number, or a preset/spec file the search enqueued), whatever "
+                          "its rank; repeatable (default: the config's refine.include).")] = None,
     workers: Annotated[int | None, typer.Option(help="Runs at once (default: budget.max_concurrent).",
                                                 callback=opt.at_least(1, "runs at once"))] = None,
     root: opt.Root = opt.DEFAULT_ROOT,
@@ -367,7 +370,8 @@ def refine(
     _, cfg = open_search(search, root)
     refine_front(search, root=root, console=console, mlflow=not no_mlflow,
                  top=top if top is not None else (cfg.refine.top or 1), budget_multiplier=budget_multiplier,
-                 seeds=seeds, max_trials=max_trials, workers=workers)
+                 seeds=seeds, max_trials=max_trials, workers=workers,
+                 include=tuple(include) if include else None)
 
 
 @app.command()

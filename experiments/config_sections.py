@@ -308,12 +308,22 @@ class RefineConfig(_Section):
     """Retrain the front after the search (``gpnas refine`` on a finished one): the trials of the first ``top``
     non-dominated ranks (0: off; 1: the front; 2: the front and the rank behind it), at most ``max_trials`` of
     them, each for ``budget_multiplier`` × the trial budget with ``seeds`` seeds (the search's seed and the next
-    ones). The refined front (mean AP over the seeds) is what ``gpnas pareto`` and ``gpnas export`` show."""
+    ones). The refined front (mean AP over the seeds) is what ``gpnas pareto`` and ``gpnas export`` show.
+    ``include``: trials refined beside the front whatever their rank (not counted in ``max_trials``), each a trial
+    number or a preset name or spec file the search enqueued (to compare hand-designed points at the same budget)."""
 
     top: int = 0
     budget_multiplier: float = 2.0
     seeds: int = 2
     max_trials: int = 6
+    include: tuple[str, ...] = ()
+
+    @field_validator("include", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+        return value
 
     @model_validator(mode="after")
     def _valid(self) -> RefineConfig:

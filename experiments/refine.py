@@ -2,7 +2,8 @@
 with several seeds, so the front a user exports is not one short, single-seed training's luck.
 
 Which trials: the complete, feasible ones in the first ``refine.top`` non-dominated ranks of the search's own
-(proxy) results, best rank first and, within a rank, best AP first; at most ``refine.max_trials``. Each is
+(proxy) results, best rank first and, within a rank, best AP first; at most ``refine.max_trials``; then the trials
+named by ``refine.include`` (a trial number, or a preset or spec file the search enqueued), whatever their rank. Each is
 retrained ``refine.seeds`` times (the search's ``train.seed`` and the next ones) for ``budget_multiplier`` × the
 trial budget, by the same trainer as `gpnas fidelity` (runs are appended to ``<search>/refine/runs.jsonl`` as
 they end: a killed refinement resumes where it stopped). The mean and sd of AP over the seeds are written to the
@@ -43,6 +44,34 @@ def refine_targets(recs: list[TrialRecord], cfg: SearchConfig, top: int, max_tri
     return out[:max_trials]
 
 
+def included_trials(recs: list[TrialRecord], names: tuple[str, ...], cfg: SearchConfig) -> list[TrialRecord]:
+    """The complete trials named by ``names``: a trial number, or a preset name or spec file (the trial with its
+    arch_id, anchors as the search's base had them, as ``enqueue`` builds it)."""
+    from gpnas.experiments.inspect import resolve_arch
+    from gpnas.experiments.runner import base_spec
+
+    complete = {r.number: r for r in recs if r.state == "complete" and r.result is not None}
+    out: list[TrialRecord] = []
+    for name in names:
+        if name.isdigit():
+            rec = complete.get(int(name))
+            if rec is None:
+                raise ConfigError(f"refine include: trial {name} is not a complete trial of search '{cfg.name}'; "
+                                  f"complete trials: {sorted(complete) or 'none yet'}")
+        else:
+            spec = resolve_arch(name)  # raises with the list of presets for an unknown name
+            arch_id = spec.replace(anchors=base_spec(cfg).anchors).arch_id
+            found = [r for r in complete.values() if r.arch_id in (arch_id, spec.arch_id)]
+            if not found:
+                raise ConfigError(f"refine include: '{name}' (arch_id {arch_id}) is no complete trial of search "
+                                  f"'{cfg.name}'; add it to the config's enqueue list before the search runs, or "
+                                  "name a trial number")
+            rec = min(found, key=lambda r: r.number)
+        if all(rec.number != r.number for r in out):
+            out.append(rec)
+    return out
+
+
 def _plan(cfg: SearchConfig, targets: list[TrialRecord], multiplier: float, seeds: int) -> FidelityPlan:
     candidates, recorded = {}, []
     for rec in targets:
@@ -71,7 +100,8 @@ def _summary(rows: list[dict[str, Any]], rec: TrialRecord, budget: dict[str, Any
 
 def refine_search(folder: SearchFolder, cfg: SearchConfig, *, top: int | None = None,
                   budget_multiplier: float | None = None, seeds: int | None = None, max_trials: int | None = None,
-                  workers: int | None = None, say: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
+                  include: tuple[str, ...] | None = None, workers: int | None = None,
+                  say: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
     """Refine the front of a finished (or stopped) search; -> trial number -> its refinement. Arguments left
     None come from the config's ``refine`` section (``workers``: ``budget.max_concurrent``)."""
     r = cfg.refine
@@ -79,17 +109,22 @@ def refine_search(folder: SearchFolder, cfg: SearchConfig, *, top: int | None = 
     multiplier = r.budget_multiplier if budget_multiplier is None else budget_multiplier
     seeds = r.seeds if seeds is None else seeds
     max_trials = r.max_trials if max_trials is None else max_trials
+    include = r.include if include is None else tuple(include)
     if top < 1 or seeds < 1 or max_trials < 1 or not multiplier >= 1:
         raise ConfigError(f"refine needs top >= 1, seeds >= 1, max_trials >= 1 and budget_multiplier >= 1 (got "
                           f"top {top}, seeds {seeds}, max_trials {max_trials}, budget_multiplier {multiplier})")
     study = st.load_study(folder, cfg.name)
-    targets = refine_targets(st.records(study, refined=False), cfg, top, max_trials)
+    recs = st.records(study, refined=False)
+    targets = refine_targets(recs, cfg, top, max_trials)
+    extra = [t for t in included_trials(recs, include, cfg) if all(t.number != r.number for r in targets)]
+    targets += extra
     if not targets:
         raise ConfigError(f"search '{cfg.name}' has no complete, feasible trial to refine yet; finish it first "
                           f"(`gpnas resume {folder}`)")
     plan = _plan(cfg, targets, multiplier, seeds)
     say(f"refine {cfg.name}: trials {[t.number for t in targets]} (first {top} rank(s) of the front), "
-        f"{seeds} seed(s) each at {multiplier:g}x the trial budget")
+        f"{seeds} seed(s) each at {multiplier:g}x the trial budget"
+        + (f"; included: {[t.number for t in extra]}" if extra else ""))
     rows = run_plan(plan, folder.refine, workers=workers or cfg.budget.max_concurrent, say=say)
     budget = plan.budget("reference")
     out = {}

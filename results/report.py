@@ -174,6 +174,8 @@ def pareto_figure(records: Sequence[TrialRecord], objectives: Sequence[str], dir
                   three_d: bool = False) -> go.Figure:
     """Scatter of complete trials with the Pareto front (over all objectives) highlighted, joined in x order.
 
+    The front is drawn as a staircase (from each member, level until the next one's x: no straight segment
+    suggests a candidate between two members).
     Two objectives: AP on y (when it is one) against the other on x. Three: AP vs the first other objective,
     the last as colour, and the line joins only the front points also non-dominated in the two plotted
     objectives; ``three_d=True`` draws a 3-D scatter of all three instead. Infeasible trials are grey.
@@ -207,7 +209,7 @@ def pareto_figure(records: Sequence[TrialRecord], objectives: Sequence[str], dir
         order = data.line_recs()
         projected = len(objectives) > 2
         fig.add_trace(go.Scatter(
-            x=_coords(order, data.x), y=_coords(order, data.y), mode="lines", hoverinfo="skip",
+            x=_coords(order, data.x), y=_coords(order, data.y), mode="lines", hoverinfo="skip", line_shape="hv",
             name=f"front in {_label(data.x)}, {_label(data.y)}", showlegend=projected,
             line={"color": _FRONT_COLOUR, "width": 2, "dash": "dot" if projected else "solid"}))
         fig.add_trace(go.Scatter(
@@ -256,7 +258,7 @@ def write_pareto_png(records: Sequence[TrialRecord], objectives: Sequence[str], 
                    label="Pareto front", zorder=3)
         line = data.line_recs()
         projected = len(objectives) > 2
-        ax.plot(_coords(line, data.x), _coords(line, data.y), ":" if projected else "-",
+        ax.step(_coords(line, data.x), _coords(line, data.y), ":" if projected else "-", where="post",
                 color=_FRONT_COLOUR, linewidth=1.8, zorder=3,
                 label=f"front in {_label(data.x)}, {_label(data.y)}" if projected else None)
         for rec, px, py in zip(front, fx, fy, strict=True):
@@ -269,6 +271,64 @@ def write_pareto_png(records: Sequence[TrialRecord], objectives: Sequence[str], 
     ax.grid(alpha=0.3)
     if data.done or data.infeasible:
         ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ refined vs named points
+def named_points(records: Sequence[TrialRecord], named: dict[str, str]) -> list[dict[str, Any]]:
+    """The refined trials of a search as points of :func:`write_named_front_png`; ``named``: arch_id -> the name
+    of a point the search enqueued (a preset), which is drawn labelled instead of on the front."""
+    out = []
+    for rec in records:
+        refined = rec.result.refined if rec.result is not None else None
+        if not refined:
+            continue
+        out.append({"number": rec.number, "preset": named.get(rec.arch_id or ""), "arch_id": rec.arch_id,
+                    "ap": list(refined["ap"]), "ap_mean": refined["ap_mean"], "ap_sd": refined["ap_sd"],
+                    "gflops": _metric(rec, "gflops")})
+    return out
+
+
+def write_named_front_png(points: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """AP (mean over refinement seeds, ± sd as error bars) against GFLOPs: the front of the unnamed (searched)
+    points as a staircase, every point with its error bar, the named points (presets) as labelled squares."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    searched = [p for p in points if not p.get("preset")]
+    presets = [p for p in points if p.get("preset")]
+    for group, style in ((searched, {"fmt": "o", "color": "#1f77b4", "label": "searched (refined)"}),
+                         (presets, {"fmt": "s", "color": "#2ca02c", "label": "preset (refined)"})):
+        if group:
+            ax.errorbar([p["gflops"] for p in group], [p["ap_mean"] for p in group],
+                        yerr=[p["ap_sd"] if math.isfinite(p["ap_sd"]) else 0.0 for p in group], capsize=4,
+                        markersize=7, linestyle="none", zorder=3, **style)
+    if searched:
+        values = np.array([[p["ap_mean"], p["gflops"]] for p in searched], dtype=float)
+        front = sorted((p for p, m in zip(searched, pareto_mask(values, ["maximize", "minimize"]), strict=True)
+                        if m), key=lambda p: p["gflops"])
+        ax.step([p["gflops"] for p in front], [p["ap_mean"] for p in front], "-", where="post",
+                color=_FRONT_COLOUR, linewidth=1.8, zorder=2, label="searched front")
+        for p in front:
+            ax.annotate(f"#{p['number']}", (p["gflops"], p["ap_mean"]), textcoords="offset points",
+                        xytext=(6, -12), fontsize=9)
+    for p in presets:
+        ax.annotate(str(p["preset"]), (p["gflops"], p["ap_mean"]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=9, color="#2ca02c")
+    if not points:
+        ax.text(0.5, 0.5, "no refined trials yet", ha="center", va="center", fontsize=14, transform=ax.transAxes)
+    ax.set(xlabel=_label("gflops"), ylabel="AP (mean ± sd over seeds)")
+    ax.set_title(title or "refined front vs named points", fontsize=12)
+    ax.grid(alpha=0.3)
+    if points:
+        ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

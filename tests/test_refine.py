@@ -7,12 +7,15 @@ import json
 import optuna
 import pytest
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import load_config
-from gpnas.experiments.refine import refine_targets
+from gpnas.experiments.refine import included_trials, refine_targets
+from gpnas.experiments.runner import base_spec
 from gpnas.results import study as st
 from gpnas.results.export import _row
 from gpnas.results.front import front_summary
 from gpnas.results.records import TrialResult
+from gpnas.search_space.presets import get_preset
 
 
 def _study(points: list[tuple[str, float, float]]) -> optuna.Study:
@@ -53,3 +56,17 @@ def test_the_refined_front_replaces_the_proxy_front() -> None:
     assert not _row(recs[2])["refined"]
     assert json.loads(study.user_attrs["refined"]).keys() == {"0", "1"}
     assert st.records(study, refined=False)[0].metric("ap") == pytest.approx(0.5)
+
+
+def test_included_trials_are_found_by_number_or_by_the_preset_the_search_enqueued() -> None:
+    cfg = load_config("demo")
+    preset = get_preset("yolor-csp-nano").replace(anchors=base_spec(cfg).anchors).arch_id
+    study = _study([("a", 0.5, 2.0), (preset, 0.3, 1.0), ("c", 0.4, 3.0)])
+    recs = st.records(study)
+    assert [r.number for r in included_trials(recs, ("yolor-csp-nano", "2", "1"), cfg)] == [1, 2]
+    with pytest.raises(ConfigError, match=r"'yolor-elan-nano' .* is no complete trial of search 'demo'; add it to"):
+        included_trials(recs, ("yolor-elan-nano",), cfg)
+    with pytest.raises(ConfigError, match="trial 7 is not a complete trial of search 'demo'; complete trials: "
+                                          r"\[0, 1, 2\]"):
+        included_trials(recs, ("7",), cfg)
+    assert load_config("demo", ["refine.include=[yolor-csp-nano, 3]"]).refine.include == ("yolor-csp-nano", "3")

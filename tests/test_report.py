@@ -69,6 +69,7 @@ def test_pareto_figure_2d_front_sorted_and_hover() -> None:
     assert _front_numbers(fig) == [0, 2, 5]
     (line,) = [t for t in fig.data if t.mode == "lines"]
     assert list(line.x) == [1.0, 2.5, 5.0]  # the front, joined in x order
+    assert line.line.shape == "hv"  # a staircase: level to the next member, then up; no segment between members
     (complete,) = [t for t in fig.data if t.name == "complete"]
     assert len(complete.x) == 8
     hover = complete.text[3]
