@@ -185,14 +185,29 @@ def pareto(
     search: opt.SearchName,
     root: opt.Root = opt.DEFAULT_ROOT,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        help="Also draw the front into this PNG: after `gpnas refine`, AP ± sd over the seeds against GFLOPs, "
+             "the refined front as a staircase and the search's enqueued points (presets) labelled; before, "
+             "the proxy front.")] = None,
 ) -> None:
     """The current Pareto front of a search (feasible complete trials)."""
     from gpnas.experiments.search_api import open_search
     from gpnas.objectives.definitions import OBJECTIVES, format_value
     from gpnas.results.export import pareto_rows
 
-    _, cfg = open_search(search, root)
+    folder, cfg = open_search(search, root)
     rows = pareto_rows(cfg.info())
+    if plot is not None:
+        from gpnas.results import study as st
+        from gpnas.results.report import named_points, write_named_front_png, write_pareto_png
+
+        recs = st.records(st.load_study(folder, cfg.name))
+        points = named_points(recs, cfg.named_points())
+        if points:
+            write_named_front_png(points, plot, title=f"{cfg.name}: refined front vs its enqueued points")
+        else:
+            write_pareto_png(recs, list(cfg.objectives), cfg.info().directions(), plot)
+        say(f"wrote {plot}")
     if as_json:
         _print_json(rows)
         return

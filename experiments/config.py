@@ -146,7 +146,40 @@ class SearchConfig(BaseModel):
         """This search as the results floor sees it (no dependency on this config type there)."""
         return SearchInfo(name=self.name, folder=self.folder(), objectives=tuple(self.objectives),
                           constraints=self.constraints.model_dump(), settings=self.model_dump(mode="json"),
-                          tracking_uri=self.storage.tracking_uri)
+                          tracking_uri=self.storage.tracking_uri, named=self.named_points())
+
+    def named_points(self) -> dict[str, str]:
+        """arch_id -> name of each ``enqueue`` entry, as the search enqueued it (a preset with the base's anchors,
+        fitted ones once the search saved them). An entry that no longer resolves (a spec file moved away), or
+        presets before ``auto`` anchors were fitted, are left out: they only lose their label."""
+        import json
+
+        from gpnas.errors import GpnasError
+        from gpnas.search_space.presets import PRESETS, get_preset
+        from gpnas.search_space.spec import load_spec
+
+        def resolve(name: str) -> Any:
+            return get_preset(name) if name in PRESETS else load_spec(name)
+
+        out: dict[str, str] = {}
+        try:
+            anchors = resolve(self.space.base).anchors
+            if self.space.anchors == "auto":
+                saved = self.folder().anchors
+                anchors = json.loads(saved.read_text()) if saved.is_file() else None
+        except (GpnasError, OSError, ValueError):
+            anchors = None
+        for name in self.enqueue:
+            try:
+                spec = resolve(name)
+                if name in PRESETS:
+                    if anchors is None:
+                        continue
+                    spec = spec.replace(anchors=anchors)
+            except (GpnasError, OSError, ValueError):
+                continue
+            out[spec.arch_id] = name
+        return out
 
     def check_for_run(self) -> None:
         """Everything a search needs from this machine and from its trials, checked when a search starts (not

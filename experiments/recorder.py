@@ -74,8 +74,8 @@ class Recorder:
         return self.tally.loaded
 
     @property
-    def best_ap(self) -> float:
-        return self.tally.best_ap
+    def best_score(self) -> tuple[str, float]:
+        return self.tally.score, self.tally.best_score
 
     @property
     def halving(self) -> SuccessiveHalving | None:

@@ -1,5 +1,5 @@
 """What a search prints while it runs: one line per ended trial, and a status line every few seconds (done,
-running, best AP, size of the front, elapsed time and ETA) instead of Tune's raw tables."""
+running, the best score, size of the front, elapsed time and ETA) instead of Tune's raw tables."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class ProgressSource(Protocol):
     console: Console
 
     @property
-    def best_ap(self) -> float: ...
+    def best_score(self) -> tuple[str, float]: ...
 
     def front_size(self) -> int: ...
 
@@ -49,8 +49,9 @@ def _status(source: ProgressSource, trials: list, total: int, already: int, star
     elapsed = now - start
     new = done - already
     eta = f"{(total - done) * elapsed / new / 60:.1f} min" if new > 0 else "?"
-    return (f"[dim]{time.strftime('%H:%M:%S')}[/] {done}/{total} done · {running} running · best AP "
-            f"{source.best_ap:.4f} · Pareto {source.front_size()} · {elapsed / 60:.1f} min elapsed · ETA {eta}")
+    score, best = source.best_score
+    return (f"[dim]{time.strftime('%H:%M:%S')}[/] {done}/{total} done · {running} running · best {score} "
+            f"{best:.4f} · Pareto {source.front_size()} · {elapsed / 60:.1f} min elapsed · ETA {eta}")
 
 
 def progress_callback(source: ProgressSource, total: int, already: int, start: float) -> Any:

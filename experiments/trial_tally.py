@@ -1,11 +1,12 @@
 """What a search holds so far, in the driver: one result per architecture (a repeated one is reused, not trained
-again), every ending in order, and the figures of the progress line (best AP, size of the front)."""
+again), every ending in order, and the figures of the progress line (the best score, size of the front)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from gpnas.objectives.definitions import Direction
+from gpnas.objectives.definitions import OBJECTIVES, Direction, score_objective
 from gpnas.results.records import TrialRecord, TrialResult
 
 __all__ = ["TrialTally"]
@@ -24,7 +25,9 @@ class TrialTally:
         self.by_arch: dict[str, TrialResult] = {}
         self.ended: list[TrialResult] = []
         self.loaded = 0
-        self.best_ap = float("nan")
+        #: what the progress line calls best: the search's score (the first objective measured in training:
+        #: val_loss, ap), AP when it has none
+        self.score = score_objective(self.objectives) or "ap"
 
     def load(self, recs: list[TrialRecord]) -> None:
         """The results the study already holds, to reuse."""
@@ -39,9 +42,15 @@ class TrialTally:
         if tr.state in _REUSABLE:
             self.by_arch.setdefault(tr.arch_id, tr)
         self.ended.append(tr)
-        if tr.state == "complete" and "ap" in tr.metrics:
-            ap = tr.metrics["ap"]
-            self.best_ap = ap if self.best_ap != self.best_ap else max(self.best_ap, ap)
+
+    @property
+    def best_score(self) -> float:
+        """The best :attr:`score` of the complete trials so far (the study's, on resume, included); nan before."""
+        values = [tr.metrics[self.score] for tr in self.ended
+                  if tr.state == "complete" and math.isfinite(tr.metrics.get(self.score, math.nan))]
+        if not values:
+            return math.nan
+        return max(values) if OBJECTIVES[self.score].direction == "maximize" else min(values)
 
     def cached(self, arch_id: str) -> TrialResult | None:
         return self.by_arch.get(arch_id)

@@ -95,6 +95,8 @@ class SearchInfo:
     constraints: Mapping[str, float | None] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
     tracking_uri: str | None = None
+    #: arch_id -> name of each point the search enqueued (a preset or spec file): labelled in the figures
+    named: Mapping[str, str] = field(default_factory=dict)
 
     def directions(self) -> list[Direction]:
         return directions(self.objectives)

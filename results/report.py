@@ -434,9 +434,10 @@ def correlations_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ everything
 def write_report(records: Sequence[TrialRecord], objectives: Sequence[str], directions: Sequence[str],
-                 folder: str | Path) -> dict[str, Path]:
+                 folder: str | Path, *, named: dict[str, str] | None = None) -> dict[str, Path]:
     """Write pareto.html, pareto.png, parallel_coordinates.html, gp_correlations.csv and gp_correlations.md
-    into ``folder``; returns name -> path. Small searches get figures with a note, never an exception."""
+    into ``folder``, and refined_front.png once trials were refined (``named``: arch_id -> the enqueued point's
+    name, labelled there); returns name -> path. Small searches get figures with a note, never an exception."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = _scatter_data(records, objectives, directions)
@@ -448,6 +449,12 @@ def write_report(records: Sequence[TrialRecord], objectives: Sequence[str], dire
                                                        folder / "parallel_coordinates.html"),
         "gp_correlations_csv": correlations_csv(rows, folder / "gp_correlations.csv"),
     }
+    points = named_points(records, named or {})
+    if points:
+        paths["refined_front_png"] = write_named_front_png(
+            points, folder / "refined_front.png",
+            title=f"refined trials: {sum(not p['preset'] for p in points)} searched (front as a staircase), "
+                  f"{sum(bool(p['preset']) for p in points)} named")
     n_done = len(_complete(records))
     front = sorted(data.done[i].number for i in np.flatnonzero(data.front))
     notes = [f"{n_done} complete trial(s) of {len(records)}; objectives: "

@@ -164,6 +164,6 @@ class SearchRun:
 
         out = self.store.folder.report
         out.mkdir(exist_ok=True)
-        paths = write_report(recs, list(search.objectives), search.directions(), out)
+        paths = write_report(recs, list(search.objectives), search.directions(), out, named=dict(search.named))
         for path in paths.values():
             self.store.client.log_artifact(self.store.parent_id, str(path), artifact_path=REPORT_DIR)

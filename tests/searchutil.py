@@ -45,6 +45,34 @@ def run_cli(work: Path | None, *args: str, env: Mapping[str, str] | None = None,
                           env=dict(env) if env is not None else cli_env())
 
 
+def cli_here(work: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gpnas ARGS`` through the console entry point (``gpnas.experiments.cli.main``) in this process, run in
+    ``work``: the same parsing, error printing and exit status as :func:`run_cli` without a new interpreter's
+    start-up (seconds each). For commands that refuse their input or do light work; anything that needs its own
+    process (signals, servers, Ray, the environment) goes through :func:`run_cli`. An exception that escapes
+    ``main`` (a traceback the user would see) is returned as exit 1 with the traceback on stderr."""
+    import io
+    import traceback
+    from contextlib import chdir, redirect_stderr, redirect_stdout
+    from unittest import mock
+
+    from gpnas.experiments.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: int
+    with chdir(work or Path.cwd()), redirect_stdout(out), redirect_stderr(err), \
+            mock.patch.object(sys, "argv", ["gpnas", *args]):
+        try:
+            main()
+            code = 0
+        except SystemExit as ended:
+            code = ended.code if isinstance(ended.code, int) else (0 if ended.code is None else 1)
+        except Exception:  # what a user would see as a traceback
+            err.write(traceback.format_exc())
+            code = 1
+    return subprocess.CompletedProcess([*GPNAS, *args], code, out.getvalue(), err.getvalue())
+
+
 def gpnas(work: Path, *args: str, env: Mapping[str, str] | None = None,
           timeout: float = 400) -> subprocess.CompletedProcess[str]:
     """``gpnas ARGS`` run in ``work``; it must succeed (its output is the failure message)."""
@@ -178,6 +206,32 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, driver: Ba
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
                          + (driver.output() if driver is not None else ""))
+
+
+def kill_when(driver: Background, condition: Callable[[], Any], timeout: float, what: str, *,
+              group: bool = True) -> Any:
+    """SIGKILL ``driver`` (its group, or the driver alone) in a state where ``condition`` holds; -> its last value.
+
+    Checking and then killing races the search: the trial a test watched could end in between (the kill-timing
+    flakes under load). So once the condition holds, the driver is frozen (SIGSTOP: the driver alone records
+    trial states in the study and ends trial runs in MLflow), the condition is checked again on the frozen state,
+    and the kill follows only if it still holds; otherwise the driver goes on (SIGCONT) and the wait continues. A
+    read that meets the frozen driver's lock counts as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wait_for(condition, max(deadline - time.monotonic(), 1.0), what, driver)
+        os.kill(driver.proc.pid, signal.SIGSTOP)
+        try:
+            still = condition()
+        except Exception:  # e.g. the study is locked by the frozen driver's write
+            still = None
+        if still:
+            driver.kill(group=group)
+            return still
+        os.kill(driver.proc.pid, signal.SIGCONT)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (it held, but not once the "
+                                 "driver was frozen)" + driver.output())
 
 
 def study_ready(folder: Path, name: str) -> bool:

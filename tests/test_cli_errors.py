@@ -11,16 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from searchutil import GPNAS, cli_env, free_port, run_cli
+from searchutil import GPNAS, cli_env, cli_here, free_port
 
-pytestmark = pytest.mark.slow  # the command in a subprocess, a few seconds of start-up each
+# The command through its entry point in this process (cli_here: the same parsing, printing and exit status
+# without an interpreter's start-up each); `gpnas ui` under SIGTERM gets its own process. test_cli.py runs the
+# installed command in a subprocess.
 
 SEARCH_YAML = "name: tiny\nspace:\n  base: yolor-csp-nano\n  genes:\n    backbone_stacks: {range: [1, 2]}\n" \
               "objectives: [ap, gflops]\n"
 
 
 def _fails(tmp_path: Path, *args: str, says: tuple[str, ...], code: int = 2) -> str:
-    out = run_cli(tmp_path, *args)
+    out = cli_here(tmp_path, *args)
     assert out.returncode == code, (args, out.stdout[-2000:], out.stderr[-2000:])
     assert "Traceback" not in out.stderr, (args, out.stderr[-3000:])
     for text in says:
@@ -66,7 +68,7 @@ def test_markup_like_paths_are_text(tmp_path: Path) -> None:
     """A closing tag in a path once crashed the printer; brackets are text in errors and in normal output."""
     odd = tmp_path / "[/x]" / "[bold]"
     _fails(tmp_path, "describe", str(odd / "a.yaml"), says=(str(odd / "a.yaml"),))
-    out = run_cli(tmp_path, "describe", "yolor-csp-nano", "--export-spec", str(odd / "s.yaml"))
+    out = cli_here(tmp_path, "describe", "yolor-csp-nano", "--export-spec", str(odd / "s.yaml"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"spec written to {odd / 's.yaml'}" in " ".join(out.stdout.split())
 
@@ -119,7 +121,7 @@ def test_export_refuses_a_folder_it_cannot_write(tmp_path: Path) -> None:
 
 def test_export_into_a_folder_with_files_needs_force(tmp_path: Path) -> None:
     folder = _tiny_search(tmp_path)
-    out = run_cli(tmp_path, "export", str(folder), "--out", "exported")
+    out = cli_here(tmp_path, "export", str(folder), "--out", "exported")
     assert out.returncode == 0, out.stderr[-3000:]
     manifest = json.loads((tmp_path / "exported" / "manifest.json").read_text())
     spec_name = manifest["architectures"][0]["spec"]
@@ -127,7 +129,7 @@ def test_export_into_a_folder_with_files_needs_force(tmp_path: Path) -> None:
     _fails(tmp_path, "export", str(folder), "--out", "exported", says=("exported", "manifest.json", spec_name,
                                                                         "--force"))
     assert (tmp_path / "exported" / spec_name).read_text() == "stale"
-    out = run_cli(tmp_path, "export", str(folder), "--out", "exported", "--force")
+    out = cli_here(tmp_path, "export", str(folder), "--out", "exported", "--force")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "exported" / spec_name).read_text() != "stale"
 
@@ -138,7 +140,7 @@ def test_export_checks_the_weights_before_writing(tmp_path: Path) -> None:
     _fails(tmp_path, "export", str(folder), "--weights", "--out", "exported", says=("trial 0", "weights", "w.pt"))
     assert not (tmp_path / "exported").exists()  # nothing half-written
     weights.write_bytes(b"state dict")
-    out = run_cli(tmp_path, "export", str(folder), "--weights", "--out", "exported")
+    out = cli_here(tmp_path, "export", str(folder), "--weights", "--out", "exported")
     assert out.returncode == 0, out.stderr[-3000:]
     entry = json.loads((tmp_path / "exported" / "manifest.json").read_text())["architectures"][0]
     assert (tmp_path / "exported" / entry["weights"]).read_bytes() == b"state dict"
@@ -176,6 +178,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a real MLflow server under `gpnas ui`, in its own process
 def test_sigterm_to_gpnas_ui_stops_the_mlflow_server(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 

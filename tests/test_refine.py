@@ -63,6 +63,7 @@ def test_included_trials_are_found_by_number_or_by_the_preset_the_search_enqueue
     preset = get_preset("yolor-csp-nano").replace(anchors=base_spec(cfg).anchors).arch_id
     study = _study([("a", 0.5, 2.0), (preset, 0.3, 1.0), ("c", 0.4, 3.0)])
     recs = st.records(study)
+    assert cfg.named_points() == {preset: "yolor-csp-nano"}  # the figures label the enqueued point by its name
     assert [r.number for r in included_trials(recs, ("yolor-csp-nano", "2", "1"), cfg)] == [1, 2]
     with pytest.raises(ConfigError, match=r"'yolor-elan-nano' .* is no complete trial of search 'demo'; add it to"):
         included_trials(recs, ("yolor-elan-nano",), cfg)

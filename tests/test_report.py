@@ -14,6 +14,7 @@ from gpnas.results.report import (
     correlations_csv,
     correlations_markdown,
     gradient_path_correlations,
+    named_points,
     parallel_coordinates,
     pareto_figure,
     write_pareto_html,
@@ -146,6 +147,23 @@ def test_write_report(tmp_path: Path) -> None:
                      "gp_correlations.md"}
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
     assert "gp_monotone" in paths["gp_correlations_md"].read_text(encoding="utf-8")
+
+
+def test_refined_trials_get_a_figure_with_their_enqueued_names(tmp_path: Path) -> None:
+    recs = _records()
+    for i, number in enumerate((0, 2, 5)):  # refine three; trial 2 (arch002) was enqueued as a preset
+        result = recs[number].result
+        assert result is not None
+        result.refined = {"ap_mean": 0.2 + 0.05 * i, "ap_sd": 0.01, "ap": [0.19 + 0.05 * i, 0.21 + 0.05 * i],
+                          "seeds": [0, 1]}
+    points = named_points(recs, {"arch002": "yolor-csp-nano"})
+    assert [(p["number"], p["preset"], p["gflops"]) for p in points] == [
+        (0, None, 1.0), (2, "yolor-csp-nano", 2.5), (5, None, 5.0)]
+    assert [p["ap_mean"] for p in points] == pytest.approx([0.2, 0.25, 0.3])
+    paths = write_report(recs, OBJ2, DIR2, tmp_path, named={"arch002": "yolor-csp-nano"})
+    with Image.open(paths["refined_front_png"]) as img:
+        assert img.format == "PNG" and img.size[0] >= 800
+    assert "refined_front_png" not in write_report(_records(), OBJ2, DIR2, tmp_path / "unrefined")
 
 
 @pytest.mark.parametrize("n_complete", [0, 1])

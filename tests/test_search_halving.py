@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from searchutil import gpnas, live_records, start_cli, status_json, wait_for, write_config
+from searchutil import gpnas, kill_when, live_records, start_cli, status_json, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path:
         return any(r.state == "pruned" for r in recs) and any(r.state == "running" and r.rungs for r in recs)
 
     try:
-        wait_for(killable, 400, "a pruned trial and a running one with rung decisions", driver)
+        kill_when(driver, killable, 400, "a pruned trial and a running one with rung decisions")
     finally:
         if driver.alive():
             driver.kill()

@@ -23,11 +23,11 @@ from searchutil import (
     cli_env,
     free_port,
     gpnas,
+    kill_when,
     live_records,
     run_cli,
     start_cli,
     status_json,
-    wait_for,
     write_config,
 )
 
@@ -246,8 +246,9 @@ def test_killed_driver_resumes_exactly_the_remaining_budget(tmp_path: Path) -> N
 
     driver = start_cli(tmp_path, "search", "--config", str(path), log="killed")
     try:
-        watched = wait_for(killable, 400, "a finished trial and a live trial run with a per-epoch AP point", driver)
-        driver.kill(group=False)  # the driver alone: resume must end the Ray processes it left
+        # the driver alone: resume must end the Ray processes it left
+        watched = kill_when(driver, killable, 400, "a finished trial and a live trial run with a per-epoch AP point",
+                            group=False)
     finally:
         if driver.alive():
             driver.kill()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image
-from searchutil import gpnas, run_cli
+from searchutil import cli_here, gpnas
 
 from gpnas.errors import ConfigError, DataError, SpecError
 from gpnas.experiments.config import MAX_CONFIG_BYTES, load_config
@@ -30,8 +30,14 @@ from gpnas.trainers.datasets import ProxyData
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``gpnas ARGS`` run in ``tmp_path`` as a user runs it; asserts the one-paragraph refusal (exit 2)."""
-    out = run_cli(tmp_path, *args)
+    """``gpnas ARGS`` run in ``tmp_path`` through the command's entry point (in this process: the same parsing,
+    printing and exit status without an interpreter's start-up); asserts the one-paragraph refusal (exit 2). A
+    search that got as far as starting is a failure here, not a search run inside the test process."""
+    from unittest import mock
+
+    with mock.patch("gpnas.experiments.search_api.start_search",
+                    side_effect=AssertionError("the search started instead of refusing its input")):
+        out = cli_here(tmp_path, *args)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Traceback" not in out.stderr and out.stderr.startswith("error:"), out.stderr[-2000:]
     return out
@@ -136,7 +142,6 @@ def test_bad_config_files_are_refused_naming_the_file(tmp_path: Path, kind: str,
     assert str(path) in str(info.value) and needle in str(info.value), str(info.value)
 
 
-@pytest.mark.slow  # the command in a subprocess, once per case
 @pytest.mark.parametrize(("args", "needles"), [
     (["--config", "{empty}"], ["empty.yaml", "is empty"]),
     (["--config", "{binary}"], ["binary.yaml", "not UTF-8 text"]),
@@ -355,17 +360,22 @@ def test_spec_bounds_keep_every_spec_buildable(changes: dict[str, Any], needle: 
         ArchSpec.from_dict({**get_preset("yolor-csp-nano").model_dump(), **changes})
 
 
-@pytest.mark.slow  # the command in a subprocess, three times
+@pytest.fixture(scope="module")
+def exported_nano(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """yolor-csp-nano as `gpnas describe --export-spec` writes it (once for the module)."""
+    work = tmp_path_factory.mktemp("exported")
+    gpnas(work, "describe", "yolor-csp-nano", "--export-spec", str(work / "nano.yaml"), "--json")
+    return yaml.safe_load((work / "nano.yaml").read_text())
+
+
 @pytest.mark.parametrize(("width", "needles"), [
     (4.0, ["would have 581,330,574 parameters", "width_multiple 4", "depth_multiple 0.34", "MAX_PARAMS"]),
     (64, ["would have 148,696,357,134 parameters", "width_multiple 64", "depth_multiple 0.34"]),
     (65, ["width_multiple", "= 65", "(0, 64]"]),
 ])
-def test_describe_refuses_a_huge_width_fast(tmp_path: Path, width: float, needles: list[str]) -> None:
-    exported = tmp_path / "nano.yaml"
-    gpnas(tmp_path, "describe", "yolor-csp-nano", "--export-spec", str(exported), "--json")
-    spec = yaml.safe_load(exported.read_text())
-    spec["width_multiple"] = width
+def test_describe_refuses_a_huge_width_fast(tmp_path: Path, exported_nano: dict[str, Any], width: float,
+                                            needles: list[str]) -> None:
+    spec = {**exported_nano, "width_multiple": width}
     edited = tmp_path / "huge.yaml"
     edited.write_text(yaml.safe_dump(spec))
     start = time.perf_counter()
