@@ -103,6 +103,10 @@ class SearchConfig(BaseModel):
     @model_validator(mode="after")
     def _rungs_fit(self) -> SearchConfig:
         if self.early_stopping.enabled:
+            if self.train.repeats > 1:
+                raise ValueError(f"train.repeats {self.train.repeats} scores a trial on the mean of whole runs, but "
+                                 f"early_stopping ({self.early_stopping.type}) decides on one run's intermediate "
+                                 "score: set train.repeats to 1 or turn early_stopping off")
             self.rungs()
         return self
 

@@ -77,7 +77,7 @@ class FidelityPlan:
         and no measured gradients (they do not change with the budget). Threads stay the search's (train.threads
         or budget.cpu): results are bit-identical only for the same thread count."""
         data = self.cfg.model_dump(mode="json")
-        data["train"].update({**self.budget(job["kind"]), "seed": job["seed"]})
+        data["train"].update({**self.budget(job["kind"]), "seed": job["seed"], "repeats": 1})  # a job: one seed
         data["latency"]["enabled"] = False
         data["objectives"] = [o for o in data["objectives"] if OBJECTIVES[o].measured_by != "latency"] or ["ap"]
         data["gradient_path"]["measured"] = False

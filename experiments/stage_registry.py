@@ -174,6 +174,8 @@ def _training(ctx: StageContext) -> dict[str, float]:
         raise TrialTimeout(f"hit the wall-clock cap train.max_seconds={config.max_seconds:g} after {fit.steps} steps "
                            f"(budget: {config.budget_label()}); the AP recorded ({fit.ap:.4f}) is partial. Raise "
                            "train.max_seconds or lower the budget")
+    if config.repeats > 1:
+        _repeat(ctx, data, config, fit.metrics)
     if not (cfg.gradient_path.measured and fit.model is not None):
         return {}
     from gpnas.objectives.gp_features import merge_measured
@@ -183,6 +185,34 @@ def _training(ctx: StageContext) -> dict[str, float]:
     if result.gp_layers:
         result.gp_layers = merge_measured(result.gp_layers, measured, when="trained")
     return gradient_aggregates(measured)
+
+
+#: the figures of a repeated trial that are the mean over its runs (each run's value kept as ``<name>_run<i>``)
+_MEAN_OVER_RUNS = ("ap", "ap50", "ap75", "val_loss")
+
+
+def _repeat(ctx: StageContext, data: Any, config: Any, first: dict[str, float]) -> None:
+    """``train.repeats`` > 1: train the candidate again with seeds ``seed+1, ...`` (the first run's model, history,
+    weights and gradient statistics stay the trial's) and score it on the mean over all runs."""
+    import statistics
+
+    runs = [first]
+    for i in range(1, config.repeats):
+        seed = config.seed + i
+        fit = stages.train(stages.build(ctx.spec, seed=seed), data, dataclasses.replace(config, seed=seed), [])
+        if fit.timed_out:
+            raise TrialTimeout(f"run {i + 1} of train.repeats={config.repeats} (seed {seed}) hit the wall-clock cap "
+                               f"train.max_seconds={config.max_seconds:g} after {fit.steps} steps; raise "
+                               "train.max_seconds or lower the budget")
+        runs.append(fit.metrics)
+        ctx.result.metrics["train_seconds"] += fit.train_seconds
+    metrics = ctx.result.metrics
+    for name in _MEAN_OVER_RUNS:
+        values = [r[name] for r in runs if name in r]
+        if len(values) == len(runs):
+            metrics.update({f"{name}_run{i}": v for i, v in enumerate(values)})
+            metrics[name] = statistics.fmean(values)
+    metrics["repeats"] = float(len(runs))
 
 
 def _save_weights(ctx: StageContext, model: Any) -> None:

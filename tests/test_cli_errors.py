@@ -207,3 +207,14 @@ def test_sigterm_to_gpnas_ui_stops_the_mlflow_server(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_pareto_plot_draws_the_front_of_a_search(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = _tiny_search(tmp_path)
+    out = cli_here(tmp_path, "pareto", str(folder), "--plot", "front/pareto.png")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "wrote front/pareto.png" in out.stdout + out.stderr
+    with Image.open(tmp_path / "front" / "pareto.png") as img:
+        assert img.format == "PNG" and img.size[0] >= 800

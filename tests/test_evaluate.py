@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpnas.errors import ConfigError
 from gpnas.experiments.config import load_config
 from gpnas.experiments.evaluate import evaluate_candidate
 from gpnas.search_space.presets import get_preset
@@ -101,3 +102,23 @@ def test_trial_past_its_wall_clock_cap_is_recorded_as_timeout(cfg, tmp_path) -> 
     rec = trial_record(study.get_trials()[0])
     assert rec.state == "timeout" and rec.state in COUNTED_STATES and rec.values is None  # not a scored point
     assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_repeats_train_more_seeds_and_score_their_mean(cfg) -> None:
+    spec = get_preset("yolor-v3-nano").replace(width_multiple=0.0625)
+    base = ["data.n_train=24", "data.n_val=8", "train.steps=6", "train.batch_size=8", "latency.enabled=false",
+            "objectives=[val_loss, gflops]", "gradient_path.measured=false"]
+    runs = [evaluate_candidate(spec, load_config(None, [*base, f"train.seed={seed}"])).metrics for seed in (3, 4)]
+    result = evaluate_candidate(spec, load_config(None, [*base, "train.seed=3", "train.repeats=2"]))
+    assert result.state == "complete", result.reason
+    m = result.metrics
+    assert m["repeats"] == 2
+    for name in ("ap", "ap50", "val_loss"):  # each run is the run that seed gives alone; the score is their mean
+        assert [m[f"{name}_run0"], m[f"{name}_run1"]] == [runs[0][name], runs[1][name]], name
+        assert m[name] == pytest.approx((runs[0][name] + runs[1][name]) / 2), name
+    assert runs[0]["val_loss"] != runs[1]["val_loss"]  # two seeds, two runs
+    assert m["steps"] == 6  # the first run's history and budget stay the trial's
+    with pytest.raises(ConfigError, match=r"train.repeats 2 scores a trial on the mean of whole runs"):
+        load_config(None, [*base, "train.repeats=2", "early_stopping.type=asha"])
+    with pytest.raises(ConfigError, match=r"train.repeats must be an integer >= 1"):
+        load_config(None, [*base, "train.repeats=0"])
