@@ -230,15 +230,29 @@ def write_pareto_html(fig: go.Figure, path: str | Path) -> Path:
     return path
 
 
-def write_pareto_png(records: Sequence[TrialRecord], objectives: Sequence[str], directions: Sequence[str],
-                     path: str | Path) -> Path:
-    """The 2-D Pareto scatter as a static PNG (matplotlib, Agg, 1080×720 px), front points labelled."""
+def _new_figure() -> Any:
+    """A 1080×720 px matplotlib figure on the Agg canvas (no pyplot: no global backend switch, no GUI)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    data = _scatter_data(records, objectives, directions)
     fig = Figure(figsize=(9, 6), dpi=120)
-    FigureCanvasAgg(fig)  # no pyplot: no global backend switch, no GUI
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_pareto_png(records: Sequence[TrialRecord], objectives: Sequence[str], directions: Sequence[str],
+                     path: str | Path) -> Path:
+    """The 2-D Pareto scatter as a static PNG (matplotlib, Agg, 1080×720 px), front points labelled."""
+    data = _scatter_data(records, objectives, directions)
+    fig = _new_figure()
     ax = fig.add_subplot()
     if data.infeasible:
         ax.scatter(_coords(data.infeasible, data.x, infeasible=True),
@@ -271,11 +285,7 @@ def write_pareto_png(records: Sequence[TrialRecord], objectives: Sequence[str], 
     ax.grid(alpha=0.3)
     if data.done or data.infeasible:
         ax.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ refined vs named points
@@ -296,11 +306,7 @@ def named_points(records: Sequence[TrialRecord], named: dict[str, str]) -> list[
 def write_named_front_png(points: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
     """AP (mean over refinement seeds, ± sd as error bars) against GFLOPs: the front of the unnamed (searched)
     points as a staircase, every point with its error bar, the named points (presets) as labelled squares."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 6), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = _new_figure()
     ax = fig.add_subplot()
     searched = [p for p in points if not p.get("preset")]
     presets = [p for p in points if p.get("preset")]
@@ -329,11 +335,7 @@ def write_named_front_png(points: Sequence[dict[str, Any]], path: str | Path, *,
     ax.grid(alpha=0.3)
     if points:
         ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ parallel coordinates
