@@ -60,10 +60,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "p300": {"steps": 300},
     "p150": {"steps": 150},
     "p600": {"steps": 600, "eval": [300]},
-    "p300-img96": {"steps": 300, "img": 0.6},
-    "p300-img128": {"steps": 300, "img": 0.8},
-    "p600-img112": {"steps": 600, "img": 0.7, "eval": [300]},
-    "p300-b32-img112": {"steps": 300, "img": 0.7, "train": {"batch_size": 32}},
     "p300-lr.008": {"steps": 300, "train": {"lr": 0.008}},
     "p300-wu.15": {"steps": 300, "train": {"warmup_fraction": 0.15}},
     "p300-noema": {"steps": 300, "train": {"ema": False}},
@@ -71,8 +67,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "p300-box.15": {"steps": 300, "train": {"hyp": {"box": 0.15}}},
     # half the length, two seeds averaged: the same cost as one p300 run (Ru et al.'s "one or two seeds")
     "p150-box.15": {"steps": 150, "train": {"hyp": {"box": 0.15}}},
-    "p300-half-data": {"steps": 300, "data": {"n_train": 1000}},
-    "p300-w/2": {"steps": 300, "width": 0.5},
+    # EcoNAS's reduction factors and the batch, on the chosen recipe (box gain 0.15), each at about the default's
+    # cost: fewer pixels or channels per step buy more steps (step cost ~ pixels; thin convolutions gain less)
+    "b.15-img128-s470": {"steps": 470, "img": 0.8, "train": {"hyp": {"box": 0.15}}},
+    "b.15-img96-s830": {"steps": 830, "img": 0.6, "train": {"hyp": {"box": 0.15}}},
+    "b.15-half-data": {"steps": 300, "data": {"n_train": 1000}, "train": {"hyp": {"box": 0.15}}},
+    "b.15-w/2-s600": {"steps": 600, "width": 0.5, "train": {"hyp": {"box": 0.15}}},
+    "b.15-b32-img112": {"steps": 300, "img": 0.7, "train": {"batch_size": 32, "hyp": {"box": 0.15}}},
+    # the steps factor: twice the default's cost (a point of the cost curve)
+    "p600-box.15": {"steps": 600, "eval": [300], "train": {"hyp": {"box": 0.15}}},
 }
 
 

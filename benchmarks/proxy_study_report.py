@@ -122,6 +122,25 @@ def relative_cost(setting: str) -> float:
     return s["steps"] * batch / (300 * 16) * s.get("img", 1.0) ** 2 * s.get("width", 1.0) ** 2
 
 
+def measured_cost(rows: list[dict[str, Any]], setting: str, base: str = "p300-box.15") -> float:
+    """Training seconds per run of ``setting`` over ``base``'s, on the candidates both have (the same machine's
+    runs; niced runs beside other work make it rough): the nominal cost above assumes a step costs its pixels and
+    channels squared, which thin convolutions do not."""
+    def seconds(key: str) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for r in rows:
+            if r["setting"] == key and r.get("train_seconds"):
+                out.setdefault(r["arch"], []).append(float(r["train_seconds"]))
+        return out
+
+    mine, theirs = seconds(setting), seconds(base)
+    common = [a for a in mine if a in theirs]
+    if not common:
+        return float("nan")
+    return statistics.fmean(statistics.fmean(mine[a]) for a in common) / \
+        statistics.fmean(statistics.fmean(theirs[a]) for a in common)
+
+
 def fmt(x: float) -> str:
     return "  n/a" if x != x else f"{x:+.2f}"
 
@@ -191,8 +210,10 @@ def proxy_table(rows: list[dict[str, Any]], reference: str, sizes: dict[str, dic
     base = max(rho(gflops, ref)[0], rho(params, ref)[0])
     lines.append(f"baselines: GFLOPs rho {fmt(rho(gflops, ref)[0])} (size-matched {fmt(rho(gflops, ref, matched)[0])}),"
                  f" params rho {fmt(rho(params, ref)[0])} (size-matched {fmt(rho(params, ref, matched)[0])})")
-    lines += ["", "| setting | cost x | score | seeds | rho all | tau all | rho matched | seed-to-seed rho | "
-              "partial rho | top-3 | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "cost x: nominal (steps x batch x pixels x width^2 over one default run) x runs; measured x: "
+              "training seconds per run over p300-box.15's (the default) on the same candidates, x runs", "",
+              "| setting | cost x | measured x | score | seeds | rho all | tau all | rho matched | seed-to-seed rho | "
+              "partial rho | top-3 | targets |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for setting in [s for s in SETTINGS if s != reference and not s.startswith(("ref", "x2", "smoke"))]:
         for name in SCORES:
             per_seed = by_arch(rows, setting, name)
@@ -217,7 +238,8 @@ def proxy_table(rows: list[dict[str, Any]], reference: str, sizes: dict[str, dic
                 r_all, t_all, r_m, r_p, top, n = (float(np.mean([x[i] for x in stats_])) for i in range(6))
                 ok = (r_all >= TARGETS["rho_all"] and r_m >= TARGETS["rho_matched"]
                       and seed_r >= TARGETS["seed_rho"] and r_all >= base + TARGETS["margin"])
-                lines.append(f"| {setting} | {relative_cost(setting) * len(groups[0]):.2f} | {name} | {label} "
+                lines.append(f"| {setting} | {relative_cost(setting) * len(groups[0]):.2f} | "
+                             f"{measured_cost(rows, setting) * len(groups[0]):.2f} | {name} | {label} "
                              f"(n={n:.0f}) | {fmt(r_all)} | {fmt(t_all)} | {fmt(r_m)} | {fmt(seed_r)} | {fmt(r_p)} | "
                              f"{top:.1f}/3 | {'PASS' if ok else 'fail'} |")
     lines += ["", f"targets: rho >= {TARGETS['rho_all']} (all), >= {TARGETS['rho_matched']} (size-matched), "
