@@ -20,6 +20,15 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "60")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+# Under pytest-xdist (`make test`: as many workers as this machine's 2 cores) each worker's own torch work (the
+# in-process trainings, builds and exports) runs on one thread: torch's default of one thread per core in every
+# worker oversubscribed the cores, and OpenMP's spinning threads then slowed such tests up to 3x whenever the other
+# worker ran a search. The `gpnas` commands the tests start inherit OMP_NUM_THREADS=1 and set their own threads
+# where the command takes them (a search's trials: budget.cpu). Serially (TEST_WORKERS=0), torch keeps its default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
