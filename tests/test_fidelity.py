@@ -76,6 +76,7 @@ def test_the_study_panel_is_the_proxy_studys_and_its_size_band_holds() -> None:
     assert len(matched) >= 10 and all(abs(g / median - 1) <= 0.15 for g in gflops.values()), gflops
 
 
+@pytest.mark.slow  # the session's real search, then trainings in a subprocess killed and resumed
 def test_fidelity_of_a_tiny_search_writes_its_report_and_resumes_after_sigkill(finished_search: FinishedSearch,
                                                                               tmp_path: Path) -> None:
     """On a copy of the session's finished search (fidelity writes into the folder and its MLflow store), two of
