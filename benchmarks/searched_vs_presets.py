@@ -222,7 +222,7 @@ def report_text(rows: list[dict[str, Any]]) -> str:
     lines = [f"searched vs presets: {len(trials)} search trials, {len(refine_runs)} refinement runs recorded "
              f"({DATA.name})", *(f"  runs from {m} at commit {c}" for m, c in stamps), ""]
     if refine_runs:
-        steps = sorted({r["run"].get("steps") for r in refine_runs if r["run"].get("steps")})
+        steps = sorted({int(r["run"]["steps"]) for r in refine_runs if r["run"].get("steps")})
         lines.append(f"refinement budget: {steps} optimiser steps; seeds per candidate: "
                      f"{sorted({len(p['ap']) for p in points})}")
     presets = {p["preset"]: p for p in points if p["preset"]}
