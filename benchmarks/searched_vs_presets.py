@@ -219,12 +219,16 @@ def report_text(rows: list[dict[str, Any]]) -> str:
     trials = _latest_trials(rows)
     refine_runs = [r for r in rows if r["kind"] == "refine"]
     stamps = sorted({(r["machine"], r["commit"]) for r in rows})
-    lines = [f"searched vs presets: {len(trials)} search trials, {len(refine_runs)} refinement runs recorded "
-             f"({DATA.name})", *(f"  runs from {m} at commit {c}" for m, c in stamps), ""]
+    lines = [f"searched vs presets · printed {datetime.datetime.now():%Y-%m-%d %H:%M} at commit {commit()} · "
+             f"{machine()}",
+             f"{len(trials)} search trials, {len(refine_runs)} refinement runs recorded ({DATA.name})",
+             *(f"  runs from {m} at commit {c}" for m, c in stamps), ""]
     if refine_runs:
         steps = sorted({int(r["run"]["steps"]) for r in refine_runs if r["run"].get("steps")})
         lines.append(f"refinement budget: {steps} optimiser steps; seeds per candidate: "
-                     f"{sorted({len(p['ap']) for p in points})}")
+                     f"{sorted({len(p['ap']) for p in points})}; "
+                     f"{sum(float(r['run'].get('evaluate_seconds') or 0) for r in refine_runs) / 60:.0f} core-minutes "
+                     "(the runs' own evaluate seconds, one thread each)")
     presets = {p["preset"]: p for p in points if p["preset"]}
     searched = [p for p in points if not p["preset"]]
     lines.append(f"refined: {len(searched)} searched candidates, presets {sorted(presets)}")
