@@ -86,6 +86,9 @@ def test_mo_asha_prunes_promotes_survives_a_kill_and_refines_the_front(tmp_path:
     runs = client.search_runs([exp.experiment_id], "tags.`gpnas.role` = 'trial'", max_results=100)
     states = {r.data.tags["gpnas.state"] for r in runs}
     assert "pruned" in states
+    # the refined front's figure (AP ± sd over the seeds vs GFLOPs, a staircase) is on the search's own run
+    (search_run,) = client.search_runs([exp.experiment_id], "tags.`gpnas.role` = 'search'", max_results=10)
+    assert "report/refined_front.png" in {a.path for a in client.list_artifacts(search_run.info.run_id, "report")}
     for run in runs:
         if run.data.tags["gpnas.state"] == "pruned":
             history = client.get_metric_history(run.info.run_id, "rung_ap")
