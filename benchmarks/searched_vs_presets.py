@@ -73,7 +73,8 @@ def append(rows: list[dict[str, Any]]) -> None:
 
 def gpnas(*args: str) -> None:
     print("$ gpnas " + " ".join(args), flush=True)
-    code = subprocess.run([*GPNAS, *args], cwd=REPO).returncode
+    # unbuffered: the command's progress lines reach a log file as they are printed, not in blocks at the end
+    code = subprocess.run([*GPNAS, *args], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
     if code != 0:
         raise SystemExit(f"gpnas {' '.join(args)} exited with {code}")
 
