@@ -80,21 +80,12 @@ def gpnas(*args: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def named_trials(cfg: Any) -> dict[str, str]:
-    """arch_id -> preset name, as the search enqueued them."""
-    from gpnas.experiments.runner import base_spec
-    from gpnas.search_space.presets import get_preset
-
-    anchors = base_spec(cfg).anchors
-    return {get_preset(n).replace(anchors=anchors).arch_id: n for n in PRESETS}
-
-
 def record_trials(folder: Any, cfg: Any, stamp: dict[str, str]) -> dict[int, str]:
     """Append the search's trials not yet in the file; -> trial number -> arch_id."""
     from gpnas.results import study as st
 
     recs = st.records(st.load_study(folder, cfg.name), refined=False)
-    named = named_trials(cfg)
+    named = cfg.named_points()  # arch_id -> preset name, as the search enqueued them
     rows = load_rows()
     have = {(r["number"], r["arch_id"]) for r in rows if r["kind"] == "trial"}
     numbers = {r["number"] for r in rows if r["kind"] == "trial"}

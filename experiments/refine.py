@@ -45,12 +45,10 @@ def refine_targets(recs: list[TrialRecord], cfg: SearchConfig, top: int, max_tri
 
 
 def included_trials(recs: list[TrialRecord], names: tuple[str, ...], cfg: SearchConfig) -> list[TrialRecord]:
-    """The complete trials named by ``names``: a trial number, or a preset name or spec file (the trial with its
-    arch_id, anchors as the search's base had them, as ``enqueue`` builds it)."""
-    from gpnas.experiments.inspect import resolve_arch
-    from gpnas.experiments.runner import base_spec
-
+    """The complete trials named by ``names``: a trial number, or a preset name or spec file the search enqueued
+    (its arch_id as enqueued: :meth:`SearchConfig.named_points`)."""
     complete = {r.number: r for r in recs if r.state == "complete" and r.result is not None}
+    enqueued = {name: arch_id for arch_id, name in cfg.named_points().items()}
     out: list[TrialRecord] = []
     for name in names:
         if name.isdigit():
@@ -59,13 +57,11 @@ def included_trials(recs: list[TrialRecord], names: tuple[str, ...], cfg: Search
                 raise ConfigError(f"refine include: trial {name} is not a complete trial of search '{cfg.name}'; "
                                   f"complete trials: {sorted(complete) or 'none yet'}")
         else:
-            spec = resolve_arch(name)  # raises with the list of presets for an unknown name
-            arch_id = spec.replace(anchors=base_spec(cfg).anchors).arch_id
-            found = [r for r in complete.values() if r.arch_id in (arch_id, spec.arch_id)]
+            found = [r for r in complete.values() if name in enqueued and r.arch_id == enqueued[name]]
             if not found:
-                raise ConfigError(f"refine include: '{name}' (arch_id {arch_id}) is no complete trial of search "
-                                  f"'{cfg.name}'; add it to the config's enqueue list before the search runs, or "
-                                  "name a trial number")
+                raise ConfigError(f"refine include: '{name}' is no complete trial of search '{cfg.name}' (enqueued: "
+                                  f"{sorted(enqueued) or 'none'}); add it to the config's enqueue list before the "
+                                  "search runs, or name a trial number")
             rec = min(found, key=lambda r: r.number)
         if all(rec.number != r.number for r in out):
             out.append(rec)

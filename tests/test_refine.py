@@ -59,13 +59,14 @@ def test_the_refined_front_replaces_the_proxy_front() -> None:
 
 
 def test_included_trials_are_found_by_number_or_by_the_preset_the_search_enqueued() -> None:
-    cfg = load_config("demo")
+    cfg = load_config("demo", ["enqueue=[yolor-csp-nano, yolor-elan-nano]"])
     preset = get_preset("yolor-csp-nano").replace(anchors=base_spec(cfg).anchors).arch_id
     study = _study([("a", 0.5, 2.0), (preset, 0.3, 1.0), ("c", 0.4, 3.0)])
     recs = st.records(study)
-    assert cfg.named_points() == {preset: "yolor-csp-nano"}  # the figures label the enqueued point by its name
+    assert cfg.named_points()[preset] == "yolor-csp-nano"  # the figures label the enqueued point by its name
     assert [r.number for r in included_trials(recs, ("yolor-csp-nano", "2", "1"), cfg)] == [1, 2]
-    with pytest.raises(ConfigError, match=r"'yolor-elan-nano' .* is no complete trial of search 'demo'; add it to"):
+    with pytest.raises(ConfigError, match=r"'yolor-elan-nano' is no complete trial of search 'demo' "
+                                          r"\(enqueued: .*\); add it to"):
         included_trials(recs, ("yolor-elan-nano",), cfg)
     with pytest.raises(ConfigError, match="trial 7 is not a complete trial of search 'demo'; complete trials: "
                                           r"\[0, 1, 2\]"):
